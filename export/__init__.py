@@ -1,0 +1,1 @@
+"""Export models and build self-contained TorchServe archives (`.mar`)."""

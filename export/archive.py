@@ -1,0 +1,101 @@
+"""Build a self-contained `.mar` with the real `torch-model-archiver`.
+
+Self-contained means a stock TorchServe, whose Python does not have this project installed, serves it:
+the archive carries the `handlers` package, the model file, the labels and a `model-config.yaml`.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import handlers
+
+HANDLERS_DIR = Path(handlers.__file__).resolve().parent
+HANDLER_MODULES = {"image_classifier": "image_classifier.py"}
+
+# TorchServe's per-model keys (everything else in model-config.yaml reaches the handler untouched).
+FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+DEFAULT_FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 120}
+
+
+@dataclass
+class ArchiveSpec:
+    name: str
+    serialized_file: str
+    handler: str = "image_classifier"
+    model_file: str | None = None
+    labels: str | None = None
+    config: dict = field(default_factory=dict)
+    export_path: str = "model_store"
+    version: str = "1.0"
+    extra_files: list[str] = field(default_factory=list)
+
+
+def archiver_command() -> list[str]:
+    """`torch-model-archiver` from this Python's environment (a venv need not be activated)."""
+    exe = Path(sys.executable).with_name("torch-model-archiver")
+    return [str(exe)] if exe.exists() else ["torch-model-archiver"]
+
+
+def model_config(user_config: dict) -> dict:
+    """The archive's model-config.yaml: TorchServe batching/worker defaults under the user's values."""
+    config = {**DEFAULT_FRONTEND, **(user_config or {})}
+    config.setdefault("handler", {})
+    return config
+
+
+def read_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path]:
+    """Lay out what goes into the archive; returns (handler entry file, extra-files folder)."""
+    if spec.handler not in HANDLER_MODULES:
+        raise ValueError(f"unknown handler {spec.handler!r}; choose one of {sorted(HANDLER_MODULES)}")
+    bundle = stage / "bundle"
+    shutil.copytree(HANDLERS_DIR, bundle / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if spec.labels:
+        shutil.copy(spec.labels, bundle / "index_to_name.json")
+    for extra in spec.extra_files:
+        shutil.copy(extra, bundle / os.path.basename(extra))
+    return HANDLERS_DIR / HANDLER_MODULES[spec.handler], bundle
+
+
+def build_archive(spec: ArchiveSpec) -> Path:
+    """Write `{export_path}/{name}.mar` and return its path."""
+    for label, path in (("serialized file", spec.serialized_file), ("model file", spec.model_file),
+                        ("labels", spec.labels)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{label} not found: {path}")
+    os.makedirs(spec.export_path, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"tskit-{spec.name}-") as tmp:
+        stage = Path(tmp)
+        entry, bundle = stage_bundle(spec, stage)
+        config_path = stage / "model-config.yaml"
+        config_path.write_text(yaml.safe_dump(model_config(spec.config), sort_keys=False))
+        cmd = archiver_command() + [
+            "--model-name", spec.name,
+            "--version", spec.version,
+            "--serialized-file", spec.serialized_file,
+            "--handler", str(entry),
+            "--extra-files", str(bundle),
+            "--config-file", str(config_path),
+            "--export-path", spec.export_path,
+            "--force",
+        ]
+        if spec.model_file:
+            cmd += ["--model-file", spec.model_file]
+        # the archiver stages files under $TMPDIR/<model name>: keep concurrent builds apart
+        env = {**os.environ, "TMPDIR": tmp}
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
+    return Path(spec.export_path) / f"{spec.name}.mar"

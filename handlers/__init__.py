@@ -1,0 +1,5 @@
+"""TorchServe handlers: one base class (`handlers.base.TskitHandler`) and one subclass per task.
+
+Modules here import each other absolutely (`from handlers.x import ...`): `tskit build` bundles this
+package inside every archive, and TorchServe imports the handler file as a top-level module.
+"""

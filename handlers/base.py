@@ -1,0 +1,159 @@
+"""`TskitHandler`: the batch-aware base every handler here subclasses.
+
+TorchServe calls `initialize(context)` once per worker and `handle(requests, context)` per batch. This
+class owns what every task shares: config validation, device, precision policy, thread count, model
+loading and warm-up, and per-request isolation (a bad request fails alone; the rest of the batch is
+answered). A task subclass fills in five hooks:
+
+    setup(model_dir)          read task files from the archive (labels, vocabulary, ...)
+    decode(request) -> item   one request to one model input; raise BadInput for a client error
+    collate(items) -> batch   the decoded items to one tensor on `self.device` in `self.dtype`
+    respond(outputs) -> list  the model's batch output to one JSON-able response per item
+    example_items(n) -> list  n synthetic decoded items, for warm-up
+
+and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`).
+"""
+import logging
+import os
+import time
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.errors import BadInput, ConfigError
+from handlers.loading import load_model
+from handlers.runtime import (
+    DTYPES,
+    pick_device,
+    resolve_precision,
+    set_torch_threads,
+    threads_per_worker,
+)
+
+logger = logging.getLogger(__name__)
+
+BASE_CONFIG = {
+    "precision": "auto",  # auto | fp32 | fp16 | bf16
+    "threads": 0,  # torch threads per worker; 0 = cores // maxWorkers
+    "model_class": "",  # nn.Module to build from the model file, when it defines several
+    "channels_last": False,  # NHWC memory format for 4-D inputs
+    "warmup": True,  # one forward pass per batch shape before the worker reports READY
+}
+
+
+def validate_config(section: dict | None, defaults: dict) -> dict:
+    """Merge the archive's `handler:` section over `defaults`, rejecting unknown keys and wrong types
+    with a message that says what is allowed."""
+    section = dict(section or {})
+    unknown = sorted(set(section) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown handler config keys {unknown}; allowed: {sorted(defaults)}")
+    config = dict(defaults)
+    for key, value in section.items():
+        expected = type(defaults[key])
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is list and isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"handler config {key!r} must be {expected.__name__}, got {value!r}")
+        config[key] = value
+    return config
+
+
+class TskitHandler(BaseHandler):
+    config_defaults: dict = {}
+
+    def initialize(self, context):
+        self.context = context
+        props = context.system_properties
+        model_dir = props["model_dir"]
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.config = validate_config(yaml_config.get("handler"), {**BASE_CONFIG, **self.config_defaults})
+
+        self.device = pick_device(props.get("gpu_id"))
+        self.precision = resolve_precision(self.config["precision"], self.device)
+        self.dtype = DTYPES[self.precision]
+        workers = int(yaml_config.get("maxWorkers") or yaml_config.get("minWorkers") or 1)
+        self.threads = self.config["threads"] or threads_per_worker(workers)
+        if self.device.type == "cpu":
+            set_torch_threads(self.threads)
+        self.batch_size = int(props.get("batch_size") or 1)
+
+        model_info = context.manifest["model"]
+        serialized = os.path.join(model_dir, model_info["serializedFile"])
+        model_file = model_info.get("modelFile")
+        model_file = os.path.join(model_dir, model_file) if model_file else None
+        self.model, self.model_format = load_model(
+            serialized, model_file, self.device, self.config["model_class"] or None
+        )
+        self.model = self.model.to(self.dtype)
+        if self.config["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+        self.setup(model_dir)
+        if self.config["warmup"]:
+            self.warmup()
+        self.initialized = True
+        logger.info(
+            "loaded %s model on %s, precision %s, %d torch threads, batch size %d",
+            self.model_format, self.device, self.precision, self.threads, self.batch_size,
+        )
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def setup(self, model_dir: str) -> None:
+        pass
+
+    def decode(self, request: dict):
+        raise NotImplementedError
+
+    def collate(self, items: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def respond(self, outputs) -> list:
+        raise NotImplementedError
+
+    def example_items(self, n: int) -> list:
+        raise NotImplementedError
+
+    # ---- shared machinery ----------------------------------------------------------------------
+    def forward(self, batch: torch.Tensor):
+        with torch.inference_mode():
+            return self.model(batch)
+
+    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """Move a float batch to the model's device, dtype and memory format."""
+        batch = batch.to(self.device, non_blocking=True).to(self.dtype)
+        if self.config["channels_last"] and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def warmup(self) -> None:
+        for n in sorted({1, self.batch_size}):
+            self.forward(self.collate(self.example_items(n)))
+
+    def handle(self, data, context):
+        self.context = context
+        start = time.perf_counter()
+        responses: list = [None] * len(data)
+        items, positions = [], []
+        for i, request in enumerate(data):
+            try:
+                items.append(self.decode(request))
+                positions.append(i)
+            except BadInput as err:
+                responses[i] = self.reject(i, err)
+        if items:
+            outputs = self.forward(self.collate(items))
+            for i, response in zip(positions, self.respond(outputs)):
+                responses[i] = response
+        if context is not None and getattr(context, "metrics", None) is not None:
+            context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        return responses
+
+    def reject(self, index: int, err: BadInput) -> dict:
+        """Answer one request with its 4xx; the rest of the batch is unaffected."""
+        logger.warning("request %d rejected (%d %s): %s", index, err.status, err.kind, err.message)
+        if self.context is not None:
+            self.context.set_response_status(err.status, err.message, idx=index)
+        return err.to_response()

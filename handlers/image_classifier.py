@@ -1,0 +1,108 @@
+"""Image classification: image bytes in, `{label: probability}` for the top-k classes out."""
+import io
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from handlers.base import TskitHandler
+from handlers.errors import BadInput, ConfigError
+from handlers.payload import request_bytes
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def decode_image(data: bytes, draft_size: int = 0) -> Image.Image:
+    """Bytes to an upright RGB image; every client-side problem becomes a BadInput.
+
+    `draft_size` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 while keeping both sides at least
+    that large: far cheaper than decoding full size and resizing afterwards.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+            image.load()
+            return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadInput(f"image too large to decode: {err}", status=413, kind="ImageTooLarge") from None
+    except UnidentifiedImageError:
+        raise BadInput("payload is not an image in a format Pillow can read", status=415,
+                       kind="UnsupportedMediaType") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadInput(f"image could not be decoded: {err}", kind="CorruptImage") from None
+
+
+def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:
+    """Shorter side to `resize`, then the central `crop` x `crop`: HxWx3 uint8."""
+    w, h = image.size
+    scale = resize / min(w, h)
+    nw, nh = max(crop, round(w * scale)), max(crop, round(h * scale))
+    image = image.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+
+
+def read_labels(path: str) -> dict[int, str]:
+    """index_to_name.json as {index: name}; accepts stock TorchServe's ["n01440764", "tench"] values."""
+    with open(path) as f:
+        raw = json.load(f)
+    return {int(k): (v[-1] if isinstance(v, list) else str(v)) for k, v in raw.items()}
+
+
+class ImageClassifier(TskitHandler):
+    config_defaults = {
+        "resize": 256,
+        "crop": 224,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "topk": 5,
+        "fast_decode": True,  # JPEG draft mode (reduced-DCT decoding)
+        "channels_last": True,
+    }
+
+    def setup(self, model_dir: str) -> None:
+        cfg = self.config
+        if cfg["crop"] > cfg["resize"]:
+            raise ConfigError(f"handler config: crop ({cfg['crop']}) must not exceed resize ({cfg['resize']})")
+        if len(cfg["mean"]) != 3 or len(cfg["std"]) != 3 or min(cfg["std"]) <= 0:
+            raise ConfigError("handler config: mean and std need 3 values each, std > 0")
+        self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1) * 255
+        labels_path = os.path.join(model_dir, "index_to_name.json")
+        self.labels = read_labels(labels_path) if os.path.exists(labels_path) else {}
+
+    def decode(self, request: dict) -> torch.Tensor:
+        cfg = self.config
+        image = decode_image(request_bytes(request), cfg["resize"] if cfg["fast_decode"] else 0)
+        return torch.from_numpy(resize_center_crop(image, cfg["resize"], cfg["crop"]))
+
+    def collate(self, items: list) -> torch.Tensor:
+        batch = torch.stack(items).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return self.to_model_input((batch - self.mean) / self.std)
+
+    def respond(self, logits: torch.Tensor) -> list[dict]:
+        probs = torch.softmax(logits.float(), dim=1)
+        k = min(self.config["topk"], probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        return [self.label_scores(v.tolist(), i.tolist()) for v, i in zip(values.cpu(), indices.cpu())]
+
+    def label_scores(self, probs: list[float], indices: list[int]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p, i in zip(probs, indices):
+            name = self.labels.get(i, str(i))
+            out[name if name not in out else f"{name} ({i})"] = p
+        return out
+
+    def example_items(self, n: int) -> list:
+        crop = self.config["crop"]
+        return [torch.zeros(crop, crop, 3, dtype=torch.uint8) for _ in range(n)]

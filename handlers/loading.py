@@ -1,0 +1,82 @@
+"""The one place that turns an archive's serialized file into a callable model.
+
+Formats: `eager` (a model file defining one nn.Module, plus a state_dict loaded with weights_only=True)
+and `torchscript`. Each loader returns an object called as `model(batch_tensor)`.
+"""
+import importlib.util
+import inspect
+import os
+import sys
+import warnings
+import zipfile
+
+import torch
+
+from handlers.errors import ConfigError
+
+
+def detect_format(serialized_file: str, model_file: str | None) -> str:
+    """Name the format of `serialized_file`; a model file beside it means an eager state_dict."""
+    if model_file:
+        return "eager"
+    if zipfile.is_zipfile(serialized_file):
+        with zipfile.ZipFile(serialized_file) as zf:
+            if any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist()):
+                return "torchscript"
+    raise ConfigError(
+        f"cannot tell how to load {os.path.basename(serialized_file)!r}: give a model file "
+        "(--model-file) for a state_dict, or a TorchScript file from torch.jit.save"
+    )
+
+
+def load_module_class(model_file: str, class_name: str | None = None) -> type:
+    """Import `model_file` and return its model class: `class_name` if given, else the one nn.Module
+    subclass that no other class in the file builds (so helper blocks may sit beside the model)."""
+    name = os.path.splitext(os.path.basename(model_file))[0]
+    spec = importlib.util.spec_from_file_location(name, model_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    classes = {
+        cname: obj
+        for cname, obj in vars(module).items()
+        if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) and obj.__module__ == name
+    }
+    if class_name:
+        if class_name not in classes:
+            raise ConfigError(f"{os.path.basename(model_file)} defines no nn.Module named {class_name!r}")
+        return classes[class_name]
+    sources = {cname: inspect.getsource(obj) for cname, obj in classes.items()}
+    top_level = [
+        obj for cname, obj in classes.items()
+        if not any(f"{cname}(" in src for other, src in sources.items() if other != cname)
+    ]
+    if len(top_level) != 1:
+        raise ConfigError(
+            f"{os.path.basename(model_file)} must define one top-level nn.Module, found "
+            f"{[c.__name__ for c in top_level] or 'none'}: name it with `model_class` in the handler config"
+        )
+    return top_level[0]
+
+
+def load_eager(model_file: str, weights_file: str, device: torch.device, class_name: str | None = None):
+    model = load_module_class(model_file, class_name)()
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load_torchscript(path: str, device: torch.device) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, users still have files
+        return torch.jit.load(path, map_location=device).eval()
+
+
+def load_model(serialized_file: str, model_file: str | None, device: torch.device, class_name: str | None = None):
+    """Returns (model, format)."""
+    fmt = detect_format(serialized_file, model_file)
+    if fmt == "eager":
+        return load_eager(model_file, serialized_file, device, class_name), fmt
+    return load_torchscript(serialized_file, device), fmt

@@ -1,0 +1,55 @@
+"""Pull the payload out of one TorchServe request, whichever way the client sent it.
+
+TorchServe hands the handler one dict per request: a raw body under `body`, a multipart field under its
+name (`data` by convention), a JSON body already decoded, a text body as `str`.
+"""
+import base64
+import binascii
+
+from handlers.errors import BadInput
+
+FIELDS = ("data", "body")
+B64_KEYS = ("b64", "data", "image", "bytes")
+
+
+def request_value(request: dict):
+    """The request's payload: the `data` field, else the raw `body`."""
+    if not isinstance(request, dict):
+        raise BadInput("malformed request: expected a body or a multipart field named 'data'")
+    for field in FIELDS:
+        if request.get(field) is not None:
+            return request[field]
+    raise BadInput("empty request: send the payload as the body or as a multipart field named 'data'")
+
+
+def request_bytes(request: dict) -> bytes:
+    """The binary payload of a request: raw bytes as sent, or base64 inside JSON.
+
+    JSON forms accepted: `{"data": "<base64>"}` (also under `b64`, `image` or `bytes`) or a bare
+    JSON string holding base64.
+    """
+    value = request_value(request)
+    if isinstance(value, dict):
+        key = next((k for k in B64_KEYS if k in value), None)
+        if key is None:
+            raise BadInput(f"JSON body must carry base64 data under one of {list(B64_KEYS)}")
+        value = value[key]
+    if isinstance(value, str):
+        return decode_base64(value)
+    if isinstance(value, (bytes, bytearray)):
+        if not value:
+            raise BadInput("empty request body")
+        return bytes(value)
+    raise BadInput(f"unsupported payload of type {type(value).__name__}: send bytes or base64 in JSON")
+
+
+def decode_base64(text: str) -> bytes:
+    if text.startswith("data:") and "," in text:  # data URL: data:image/jpeg;base64,....
+        text = text.split(",", 1)[1]
+    try:
+        data = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("payload is not valid base64", kind="InvalidBase64") from None
+    if not data:
+        raise BadInput("base64 payload is empty")
+    return data

@@ -1,0 +1,70 @@
+"""Where and how the model runs: device, precision policy and torch thread count."""
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(gpu_id) -> torch.device:
+    """CUDA when TorchServe assigned this worker a GPU and CUDA works, else the CPU."""
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{gpu_id}")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open(cpuinfo_path) as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def resolve_precision(requested: str, device: torch.device, fast_bf16: bool | None = None) -> str:
+    """`auto` means fp16 on CUDA, bf16 on a CPU with native bf16, otherwise fp32.
+
+    An explicit request is honoured, except fp16 on the CPU, which is slower than fp32 there: it falls
+    back to fp32 with a warning rather than failing the load.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if fast_bf16 is None:
+        fast_bf16 = cpu_has_fast_bf16()
+    if requested == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if fast_bf16 else "fp32"
+    if requested == "fp16" and device.type == "cpu":
+        logger.warning("precision fp16 asked for on the CPU; using fp32 (fp16 has no fast CPU kernels)")
+        return "fp32"
+    return requested
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Torch intra-op threads so that workers x threads never exceeds the cores (oversubscription
+    made stock TorchServe 7x slower on 2 cores)."""
+    cores = cores or usable_cores()
+    return max(1, cores // max(1, workers))
+
+
+def set_torch_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only allowed before the first parallel op; harmless if already set
+        pass

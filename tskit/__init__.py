@@ -1,0 +1,1 @@
+"""`tskit`: the command line over handlers/ and export/, and the TorchServe process and API helpers."""

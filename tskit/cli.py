@@ -1,0 +1,180 @@
+"""`tskit`: build, serve, stop, status, scale and predict against TorchServe."""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from tskit.client import ServerError, TorchServeClient
+from tskit.properties import read_properties
+
+
+def cmd_build(args) -> int:
+    from export.archive import ArchiveSpec, build_archive, read_config
+
+    spec = ArchiveSpec(
+        name=args.name, serialized_file=args.serialized_file, handler=args.handler,
+        model_file=args.model_file, labels=args.labels, config=read_config(args.config),
+        export_path=args.export_path, version=args.version,
+    )
+    print(build_archive(spec))
+    return 0
+
+
+def cmd_build_default(args) -> int:
+    from export.archive import build_archive
+    from export.zoo import default_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(build_archive(default_spec(args.export_path, Path(tmp))))
+    return 0
+
+
+def cmd_samples(args) -> int:
+    import shutil
+
+    from export.zoo import sample_photos
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, path in sample_photos().items():
+        shutil.copy(path, out / name)
+        print(out / name)
+    return 0
+
+
+def client_for(args) -> TorchServeClient:
+    return TorchServeClient.from_config(args.config, args.workdir)
+
+
+def cmd_serve(args) -> int:
+    from tskit.server import expected_workers, start_background
+
+    client = client_for(args)
+    if client.ping():
+        print("TorchServe is already running; `tskit stop` (or `make stop`) first", file=sys.stderr)
+        return 1
+    code = start_background(args.config, args.workdir)
+    if code != 0:
+        print(f"torchserve --start failed ({code}); see logs/torchserve.out", file=sys.stderr)
+        return code
+    models = expected_workers(read_properties(args.config))
+    try:
+        for model, workers in models.items():
+            client.wait_ready(model, workers, timeout=args.timeout)
+            print(f"{model}: {workers} worker(s) READY")
+    except ServerError as err:
+        print(f"{err}\nsee logs/model_log.log", file=sys.stderr)
+        return 1
+    key_file = Path(args.workdir) / "key_file.json"
+    for model in models:
+        print("\nTry it:\n"
+              f"  curl -H \"Authorization: Bearer $(python3 -c 'import json;print(json.load(open(\"{key_file}\"))"
+              f"[\"inference\"][\"key\"])')\" {client.inference_url}/predictions/{model} -T {args.sample}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from tskit.server import stop_background
+
+    result = stop_background(args.workdir)
+    print((result.stdout + result.stderr).strip())
+    return result.returncode
+
+
+def cmd_status(args) -> int:
+    client = client_for(args)
+    if not client.ping():
+        print("TorchServe is not answering on", client.inference_url)
+        return 1
+    for entry in client.models():
+        for version in client.describe(entry["modelName"]):
+            workers = version.get("workers", [])
+            states = ", ".join(f"{w['id']}:{w['status']}" for w in workers) or "no workers"
+            print(f"{version['modelName']} {version['modelVersion']} batch={version.get('batchSize')} "
+                  f"delay={version.get('maxBatchDelay')}ms workers=[{states}]")
+    return 0
+
+
+def cmd_scale(args) -> int:
+    client_for(args).scale(args.model, args.min, args.max)
+    print(f"{args.model}: {client_for(args).ready_workers(args.model)} worker(s) READY")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    response = client_for(args).predict(args.model, Path(args.file).read_bytes())
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(response.text)
+    return 0 if response.ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tskit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build a self-contained .mar with torch-model-archiver")
+    b.add_argument("name")
+    b.add_argument("--serialized-file", required=True, help="state_dict (.pt/.pth) or TorchScript file")
+    b.add_argument("--model-file", help="Python file defining the nn.Module (for a state_dict)")
+    b.add_argument("--handler", default="image_classifier")
+    b.add_argument("--labels", help="index_to_name.json")
+    b.add_argument("--config", help="model-config.yaml (batching, workers, `handler:` section)")
+    b.add_argument("--export-path", default="model_store")
+    b.add_argument("--version", default="1.0")
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
+    d.add_argument("--export-path", default="model_store")
+    d.set_defaults(func=cmd_build_default)
+
+    sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")
+    sa.add_argument("--out", default="samples")
+    sa.set_defaults(func=cmd_samples)
+
+    def server_args(sp):
+        sp.add_argument("--config", default="config.properties")
+        sp.add_argument("--workdir", default=".", help="where TorchServe starts (and writes key_file.json)")
+
+    s = sub.add_parser("serve", help="start TorchServe in the background and wait until models are READY")
+    server_args(s)
+    s.add_argument("--timeout", type=float, default=300)
+    s.add_argument("--sample", default="<image.jpg>", help="image path to show in the example curl")
+    s.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("stop", help="stop the background TorchServe")
+    server_args(st)
+    st.set_defaults(func=cmd_stop)
+
+    stat = sub.add_parser("status", help="models, versions and worker states")
+    server_args(stat)
+    stat.set_defaults(func=cmd_status)
+
+    sc = sub.add_parser("scale", help="set a model's worker count (synchronous)")
+    server_args(sc)
+    sc.add_argument("model")
+    sc.add_argument("--min", type=int, required=True)
+    sc.add_argument("--max", type=int)
+    sc.set_defaults(func=cmd_scale)
+
+    pr = sub.add_parser("predict", help="send a file to a model and print the answer")
+    server_args(pr)
+    pr.add_argument("model")
+    pr.add_argument("file")
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ServerError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"tskit {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""HTTP client for a running TorchServe: inference, management and metrics APIs, with token auth.
+
+TorchServe 0.12 writes `key_file.json` in the directory it starts in; every call here sends the matching
+key as `Authorization: Bearer ...`.
+"""
+import json
+import time
+from pathlib import Path
+
+import requests
+
+from tskit.properties import read_properties
+
+DEFAULT_ADDRESSES = {
+    "inference_address": "http://127.0.0.1:8080",
+    "management_address": "http://127.0.0.1:8081",
+    "metrics_address": "http://127.0.0.1:8082",
+}
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def read_keys(key_file: str | Path) -> dict[str, str]:
+    """{'inference': ..., 'management': ..., 'API': ...} from TorchServe's key_file.json."""
+    with open(key_file) as f:
+        raw = json.load(f)
+    return {name: entry["key"] for name, entry in raw.items() if isinstance(entry, dict) and "key" in entry}
+
+
+class TorchServeClient:
+    def __init__(self, inference_url: str, management_url: str, metrics_url: str,
+                 key_file: str | Path | None = None, timeout: float = 60.0):
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.metrics_url = metrics_url.rstrip("/")
+        self.key_file = Path(key_file) if key_file else None
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    @classmethod
+    def from_config(cls, config_file: str | Path, workdir: str | Path = ".", **kwargs) -> "TorchServeClient":
+        """Addresses from config.properties; the key file from the directory TorchServe started in."""
+        props = {**DEFAULT_ADDRESSES, **read_properties(config_file)}
+        return cls(props["inference_address"], props["management_address"], props["metrics_address"],
+                   key_file=Path(workdir) / "key_file.json", **kwargs)
+
+    def _headers(self, api: str) -> dict:
+        if self.key_file is None or not self.key_file.exists():
+            return {}
+        key = read_keys(self.key_file).get(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    # ---- inference API --------------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            r = self.session.get(f"{self.inference_url}/ping", timeout=5)
+            return r.status_code == 200 and r.json().get("status") == "Healthy"
+        except (requests.ConnectionError, requests.Timeout, ValueError):
+            return False
+
+    def predict(self, model: str, data: bytes, version: str | None = None, **kwargs) -> requests.Response:
+        url = f"{self.inference_url}/predictions/{model}" + (f"/{version}" if version else "")
+        headers = {**self._headers("inference"), **kwargs.pop("headers", {})}
+        return self.session.post(url, data=data, headers=headers, timeout=self.timeout, **kwargs)
+
+    # ---- management API -------------------------------------------------------------------------
+    def management(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.session.request(method, f"{self.management_url}{path}", headers=self._headers("management"),
+                                    timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+
+    def models(self) -> list[dict]:
+        r = self.management("GET", "/models")
+        r.raise_for_status()
+        return r.json()["models"]
+
+    def describe(self, model: str) -> list[dict]:
+        r = self.management("GET", f"/models/{model}")
+        r.raise_for_status()
+        return r.json()
+
+    def ready_workers(self, model: str) -> int:
+        return sum(w.get("status") == "READY" for v in self.describe(model) for w in v.get("workers", []))
+
+    def scale(self, model: str, min_worker: int, max_worker: int | None = None) -> requests.Response:
+        params = {"min_worker": min_worker, "max_worker": max_worker or min_worker, "synchronous": "true"}
+        r = self.management("PUT", f"/models/{model}", params=params, timeout=300)
+        if r.status_code >= 300:
+            raise ServerError(f"scale {model} failed: {r.status_code} {r.text}")
+        return r
+
+    # ---- metrics API ----------------------------------------------------------------------------
+    def metrics(self) -> str:
+        r = self.session.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
+        r.raise_for_status()
+        return r.text
+
+    def wait_ready(self, model: str, workers: int = 1, timeout: float = 300, proc=None) -> None:
+        """Block until `model` has `workers` READY workers; raise early if `proc` (the server) exits."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServerError(f"TorchServe exited with code {proc.returncode} while waiting for {model}")
+            try:
+                ready = self.ready_workers(model)
+                if ready >= workers:
+                    return
+                last = f"{ready}/{workers} workers READY"
+            except (requests.RequestException, ValueError) as err:
+                last = str(err)
+            time.sleep(0.5)
+        raise ServerError(f"{model} not ready after {timeout:.0f}s: {last}")

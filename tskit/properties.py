@@ -1,0 +1,31 @@
+"""Read and write TorchServe's config.properties (Java properties: key=value, `\\` continues a line)."""
+import json
+from pathlib import Path
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    props: dict[str, str] = {}
+    pending = ""
+    for raw in Path(path).read_text().splitlines():
+        line = raw.strip() if not pending else raw.lstrip()
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending += line[:-1]
+            continue
+        line, pending = pending + line, ""
+        sep = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
+        if sep < 0:
+            props[line] = ""
+        else:
+            props[line[:sep].strip()] = line[sep + 1:].strip()
+    return props
+
+
+def write_properties(path: str | Path, props: dict[str, str]) -> None:
+    Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+
+def model_settings(props: dict[str, str]) -> dict:
+    """The `models={...}` JSON: {model: {version: {minWorkers, batchSize, ...}}}."""
+    return json.loads(props["models"]) if props.get("models") else {}

@@ -1,0 +1,140 @@
+"""Start and stop real TorchServe processes.
+
+`TorchServeProcess` runs one instance in the foreground under our control (tests, benchmarks): its own
+working directory (key file, logs), its own TMPDIR (pid file) and, with `isolate_ports`, free ports for
+every listener, so several instances can share a machine. `start_background`/`stop_background` drive the
+`torchserve --start/--stop` daemon mode that `make serve`/`make stop` use.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tskit.client import TorchServeClient
+from tskit.properties import model_settings, read_properties, write_properties
+
+PORT_KEYS = {
+    "inference_address": "http://127.0.0.1:{}",
+    "management_address": "http://127.0.0.1:{}",
+    "metrics_address": "http://127.0.0.1:{}",
+    "grpc_inference_port": "{}",
+    "grpc_management_port": "{}",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchserve_launcher() -> str:
+    """The `torchserve` script installed beside this Python."""
+    exe = Path(sys.executable).with_name("torchserve")
+    return str(exe) if exe.exists() else "torchserve"
+
+
+def expected_workers(props: dict) -> dict[str, int]:
+    """{model: minWorkers} for every model the config loads at start, from its `models=` JSON."""
+    out = {}
+    for model, versions in model_settings(props).items():
+        for settings in versions.values():
+            out[model] = max(out.get(model, 0), int(settings.get("minWorkers", 1)))
+    return out
+
+
+class TorchServeProcess:
+    def __init__(self, workdir: str | Path, config_file: str | Path, model_store: str | Path,
+                 python: str = sys.executable, isolate_ports: bool = True, overrides: dict | None = None):
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.model_store = Path(model_store).resolve()
+        props = read_properties(config_file)
+        props["model_store"] = str(self.model_store)
+        if isolate_ports:
+            props.update({key: fmt.format(free_port()) for key, fmt in PORT_KEYS.items()})
+        props.update(overrides or {})
+        self.props = props
+        self.config_file = self.workdir / "config.properties"
+        write_properties(self.config_file, props)
+        self.client = TorchServeClient.from_config(self.config_file, self.workdir)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def start(self, wait: bool = True, timeout: float = 300) -> "TorchServeProcess":
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "LOG_LOCATION": str(self.log_dir),
+               "METRICS_LOCATION": str(self.log_dir)}
+        cmd = [self.python, torchserve_launcher(), "--start", "--foreground", "--ncs",
+               "--ts-config", str(self.config_file), "--model-store", str(self.model_store)]
+        self.stdout = open(self.workdir / "torchserve.out", "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.stdout,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            try:
+                for model, workers in expected_workers(self.props).items():
+                    self.client.wait_ready(model, workers, timeout=timeout, proc=self.proc)
+            except Exception:
+                self.stop()
+                raise
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop the launcher, the Java frontend and every worker (one process group)."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._kill_stragglers()
+        self.stdout.close()
+        self.proc = None
+
+    def _kill_stragglers(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log(self, name: str = "model_log.log") -> str:
+        path = self.log_dir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_background(config_file: str | Path, workdir: str | Path = ".") -> int:
+    """`torchserve --start` as a daemon (the launcher returns at once); its key file lands in `workdir`.
+
+    Output goes to `workdir/logs/torchserve.out`, never to a pipe: the Java daemon inherits the launcher's
+    descriptors and would hold a pipe open for as long as it runs.
+    """
+    log_dir = Path(workdir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, torchserve_launcher(), "--start", "--ncs", "--ts-config", str(config_file)]
+    with open(log_dir / "torchserve.out", "ab") as out:
+        return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
+
+
+def stop_background(workdir: str | Path = ".") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, torchserve_launcher(), "--stop"], cwd=workdir,
+                          capture_output=True, text=True)
