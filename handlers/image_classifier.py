@@ -49,7 +49,7 @@ def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray
     nw, nh = max(crop, round(w * scale)), max(crop, round(h * scale))
     image = image.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - crop) // 2, (nh - crop) // 2
-    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+    return np.array(image.crop((left, top, left + crop, top + crop)))  # a writable copy for torch
 
 
 def read_labels(path: str) -> dict[int, str]:

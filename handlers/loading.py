@@ -70,7 +70,7 @@ def load_eager(model_file: str, weights_file: str, device: torch.device, class_n
 
 def load_torchscript(path: str, device: torch.device) -> torch.nn.Module:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, users still have files
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; users still have such files
         return torch.jit.load(path, map_location=device).eval()
 
 

@@ -55,7 +55,7 @@ class TorchServeClient:
     # ---- inference API --------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
-            r = self.session.get(f"{self.inference_url}/ping", timeout=5)
+            r = self.session.get(f"{self.inference_url}/ping", headers=self._headers("inference"), timeout=5)
             return r.status_code == 200 and r.json().get("status") == "Healthy"
         except (requests.ConnectionError, requests.Timeout, ValueError):
             return False

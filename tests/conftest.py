@@ -1,0 +1,38 @@
+"""Shared fixtures: real sample photos, the real default archive and an in-process handler on it."""
+import pytest
+
+from export.archive import build_archive
+from export.zoo import SAMPLE_TOP1, default_spec, sample_photos
+from handlers.image_classifier import ImageClassifier
+from tskit.testing import load_handler, unpack_archive
+
+
+@pytest.fixture(scope="session")
+def photos():
+    found = sample_photos()
+    missing = set(SAMPLE_TOP1) - set(found)
+    assert not missing, f"sample photos missing ({missing}): is scikit-image installed? run `make install`"
+    return found
+
+
+@pytest.fixture(scope="session")
+def photo_bytes(photos):
+    return {name: path.read_bytes() for name, path in photos.items()}
+
+
+@pytest.fixture(scope="session")
+def default_mar(tmp_path_factory):
+    work = tmp_path_factory.mktemp("default-archive")
+    return build_archive(default_spec(str(work / "model_store"), work))
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(default_mar, tmp_path_factory):
+    return unpack_archive(default_mar, tmp_path_factory.mktemp("unpacked"))
+
+
+@pytest.fixture(scope="session")
+def classifier(default_model_dir):
+    """The default archive's handler, initialised exactly as a TorchServe worker would."""
+    return load_handler(ImageClassifier, default_model_dir)
+

@@ -1,0 +1,88 @@
+"""The default archive, built by `tskit build`, served by a real TorchServe over real HTTP."""
+import base64
+import concurrent.futures
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from export.zoo import DEFAULT_NAME, SAMPLE_TOP1
+
+MODEL = DEFAULT_NAME
+
+
+def top1(response) -> str:
+    assert response.status_code == 200, response.text
+    return next(iter(response.json()))
+
+
+def test_server_is_healthy_with_the_configured_workers(server):
+    assert server.client.ping()
+    [version] = server.client.describe(MODEL)
+    assert version["batchSize"] == 8 and version["maxBatchDelay"] == 10
+    assert server.client.ready_workers(MODEL) == 2
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_TOP1))
+def test_real_photos_over_http(server, photo_bytes, name):
+    assert top1(server.client.predict(MODEL, photo_bytes[name])) in SAMPLE_TOP1[name]
+
+
+def test_put_like_curl_T(server, photo_bytes):
+    c = server.client
+    r = c.session.put(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"],
+                      headers=c._headers("inference"), timeout=60)
+    assert top1(r) == "espresso"
+
+
+def test_multipart_and_base64_json(server, photo_bytes):
+    c = server.client
+    url = f"{c.inference_url}/predictions/{MODEL}"
+    multipart = c.session.post(url, files={"data": ("coffee.png", photo_bytes["coffee.png"])},
+                               headers=c._headers("inference"), timeout=60)
+    as_json = c.session.post(url, json={"data": base64.b64encode(photo_bytes["coffee.png"]).decode()},
+                             headers=c._headers("inference"), timeout=60)
+    assert top1(multipart) == top1(as_json) == "espresso"
+
+
+def test_concurrent_requests_are_batched_and_all_correct(server, photo_bytes):
+    names = sorted(SAMPLE_TOP1) * 6
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda n: server.client.predict(MODEL, photo_bytes[n]), names))
+    assert [top1(r) in SAMPLE_TOP1[n] for n, r in zip(names, responses)] == [True] * len(names)
+
+
+def test_bad_input_is_a_json_4xx_and_the_worker_survives(server, photo_bytes):
+    r = server.client.predict(MODEL, b"this is text, not an image")
+    assert r.status_code == 415
+    assert r.json()["code"] == 415 and "not an image" in r.json()["message"]
+    assert top1(server.client.predict(MODEL, photo_bytes["coffee.png"])) == "espresso"
+    assert server.client.ready_workers(MODEL) == 2
+
+
+def test_requests_without_the_token_are_refused(server, photo_bytes):
+    c = server.client
+    r = requests.post(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"], timeout=30)
+    assert r.status_code == 400  # TorchServe 0.12 answers a missing token with 400
+    assert "Token Authorization failed" in r.json()["message"]
+    assert requests.get(f"{c.management_url}/models", timeout=30).status_code == 400
+
+
+def test_scale_workers_through_the_management_api(server, photo_bytes):
+    c = server.client
+    c.scale(MODEL, 1, 1)
+    assert c.ready_workers(MODEL) == 1
+    assert top1(c.predict(MODEL, photo_bytes["coffee.png"])) == "espresso"
+    c.scale(MODEL, 2, 2)
+    assert c.ready_workers(MODEL) == 2
+
+
+def test_cli_reads_the_key_file(server, photos):
+    args = ["--config", str(server.config_file), "--workdir", str(server.workdir)]
+    predict = subprocess.run([sys.executable, "-m", "tskit.cli", "predict", *args, MODEL, str(photos["coffee.png"])],
+                             capture_output=True, text=True)
+    assert predict.returncode == 0, predict.stderr
+    assert "espresso" in predict.stdout
+    status = subprocess.run([sys.executable, "-m", "tskit.cli", "status", *args], capture_output=True, text=True)
+    assert status.returncode == 0 and "READY" in status.stdout

@@ -1,0 +1,78 @@
+import textwrap
+
+import pytest
+import torch
+
+from handlers.errors import ConfigError
+from handlers.loading import detect_format, load_model, load_module_class
+
+CPU = torch.device("cpu")
+
+MODEL_FILE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.block(x))
+''')
+
+
+@pytest.fixture
+def eager_files(tmp_path):
+    model_file = tmp_path / "net.py"
+    model_file.write_text(MODEL_FILE)
+    model = load_module_class(str(model_file))()
+    weights = tmp_path / "net.pt"
+    torch.save(model.state_dict(), weights)
+    return model_file, weights, model
+
+
+def test_model_class_is_the_one_no_other_class_builds(eager_files):
+    model_file, _, _ = eager_files
+    assert load_module_class(str(model_file)).__name__ == "Net"
+    assert load_module_class(str(model_file), "Block").__name__ == "Block"
+    with pytest.raises(ConfigError, match="no nn.Module named 'Missing'"):
+        load_module_class(str(model_file), "Missing")
+
+
+def test_eager_and_torchscript_give_the_same_output(eager_files, tmp_path):
+    model_file, weights, reference = eager_files
+    x = torch.randn(3, 4)
+    eager, fmt = load_model(str(weights), str(model_file), CPU)
+    assert fmt == "eager"
+    scripted_path = tmp_path / "net.ts"
+    torch.jit.save(torch.jit.trace(reference.eval(), x), scripted_path)
+    scripted, fmt = load_model(str(scripted_path), None, CPU)
+    assert fmt == "torchscript"
+    with torch.no_grad():
+        torch.testing.assert_close(eager(x), reference(x))
+        torch.testing.assert_close(scripted(x), reference(x))
+
+
+def test_state_dict_without_model_file_is_explained(eager_files):
+    _, weights, _ = eager_files
+    with pytest.raises(ConfigError, match="--model-file"):
+        detect_format(str(weights), None)
+
+
+def test_pickled_module_is_refused(eager_files, tmp_path):
+    """weights_only=True: a file that needs unpickling of arbitrary objects never loads."""
+    model_file, _, model = eager_files
+    pickled = tmp_path / "whole_model.pt"
+    torch.save(model, pickled)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_model(str(pickled), str(model_file), CPU)

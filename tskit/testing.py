@@ -1,0 +1,53 @@
+"""Run a handler in-process the way a TorchServe worker does, for fast tests of handlers and archives.
+
+`load_archive_handler` unpacks a `.mar`, builds the same `ts.context.Context` the worker builds (manifest,
+model-config.yaml, batch size) and calls `initialize`; `run_batch` then calls `handle` on a list of
+requests with per-request headers and returns each request's (status, body).
+"""
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import yaml
+from ts.context import Context, RequestProcessor
+from ts.metrics.metrics_store import MetricsStore
+
+
+def unpack_archive(mar: str | Path, dest: str | Path | None = None) -> Path:
+    dest = Path(dest or tempfile.mkdtemp(prefix="tskit-mar-"))
+    with zipfile.ZipFile(mar) as zf:
+        zf.extractall(dest)
+    return dest
+
+
+def make_context(model_dir: str | Path, batch_size: int = 8, yaml_overrides: dict | None = None) -> Context:
+    """A worker-like Context for an unpacked archive; `yaml_overrides` patch its model-config.yaml."""
+    model_dir = Path(model_dir)
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    config_name = manifest["model"].get("configFile")
+    model_yaml = yaml.safe_load((model_dir / config_name).read_text()) if config_name else {}
+    for key, value in (yaml_overrides or {}).items():
+        if isinstance(value, dict) and isinstance(model_yaml.get(key), dict):
+            model_yaml[key] = {**model_yaml[key], **value}
+        else:
+            model_yaml[key] = value
+    name = manifest["model"]["modelName"]
+    context = Context(name, str(model_dir), manifest, batch_size, None, "0.12.0",
+                      metrics=MetricsStore("tskit-test", name), model_yaml_config=model_yaml)
+    return context
+
+
+def load_handler(handler_class, model_dir: str | Path, **context_kwargs):
+    handler = handler_class()
+    handler.initialize(make_context(model_dir, **context_kwargs))
+    return handler
+
+
+def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) -> list[tuple[int, object]]:
+    """One `handle` call as the worker makes it; returns [(http status, body)] per request."""
+    context = handler.context
+    context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in requests])]
+    bodies = handler.handle(requests, context)
+    assert len(bodies) == len(requests), "a handler must answer every request of the batch"
+    return [(context.get_response_status(i)[0] or 200, body) for i, body in enumerate(bodies)]
