@@ -16,7 +16,6 @@ import yaml
 import handlers
 
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
-HANDLER_MODULES = {"image_classifier": "image_classifier.py"}
 
 # TorchServe's per-model keys (everything else in model-config.yaml reaches the handler untouched).
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
@@ -58,15 +57,15 @@ def read_config(path: str | None) -> dict:
 
 def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path]:
     """Lay out what goes into the archive; returns (handler entry file, extra-files folder)."""
-    if spec.handler not in HANDLER_MODULES:
-        raise ValueError(f"unknown handler {spec.handler!r}; choose one of {sorted(HANDLER_MODULES)}")
+    if spec.handler not in handlers.TASKS:
+        raise ValueError(f"unknown handler {spec.handler!r}; choose one of {sorted(handlers.TASKS)}")
     bundle = stage / "bundle"
     shutil.copytree(HANDLERS_DIR, bundle / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     if spec.labels:
         shutil.copy(spec.labels, bundle / "index_to_name.json")
     for extra in spec.extra_files:
         shutil.copy(extra, bundle / os.path.basename(extra))
-    return HANDLERS_DIR / HANDLER_MODULES[spec.handler], bundle
+    return HANDLERS_DIR / handlers.TASKS[spec.handler][0], bundle
 
 
 def build_archive(spec: ArchiveSpec) -> Path:

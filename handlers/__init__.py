@@ -3,3 +3,9 @@
 Modules here import each other absolutely (`from handlers.x import ...`): `tskit build` bundles this
 package inside every archive, and TorchServe imports the handler file as a top-level module.
 """
+
+# Task handlers: the name `tskit build --handler` takes -> (module file in this package, class name).
+# Each module defines exactly one class (TorchServe's rule for a handler file).
+TASKS = {
+    "image_classifier": ("image_classifier.py", "ImageClassifier"),
+}

@@ -122,8 +122,11 @@ class TskitHandler(BaseHandler):
             return self.model(batch)
 
     def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        """Move a float batch to the model's device, dtype and memory format."""
-        batch = batch.to(self.device, non_blocking=True).to(self.dtype)
+        """Move a batch to the model's device; floating tensors also take the model's dtype (integer
+        ones, token ids say, keep theirs) and, if configured, the channels-last format."""
+        batch = batch.to(self.device, non_blocking=True)
+        if batch.is_floating_point():
+            batch = batch.to(self.dtype)
         if self.config["channels_last"] and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
