@@ -15,7 +15,7 @@ def cmd_build(args) -> int:
     spec = ArchiveSpec(
         name=args.name, serialized_file=args.serialized_file, handler=args.handler,
         model_file=args.model_file, labels=args.labels, config=read_config(args.config),
-        export_path=args.export_path, version=args.version,
+        export_path=args.export_path, version=args.version, extra_files=args.extra_files,
     )
     print(build_archive(spec))
     return 0
@@ -124,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="model-config.yaml (batching, workers, `handler:` section)")
     b.add_argument("--export-path", default="model_store")
     b.add_argument("--version", default="1.0")
+    b.add_argument("--extra-files", nargs="*", default=[], help="more files for the archive root (vocabulary, schema)")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
