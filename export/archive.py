@@ -14,6 +14,8 @@ from pathlib import Path
 import yaml
 
 import handlers
+from export.golden import GoldenInput
+from export.manifest import seal_archive
 
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
 
@@ -33,6 +35,7 @@ class ArchiveSpec:
     export_path: str = "model_store"
     version: str = "1.0"
     extra_files: list[str] = field(default_factory=list)
+    golden_inputs: list[GoldenInput] = field(default_factory=list)
 
 
 def archiver_command() -> list[str]:
@@ -65,11 +68,16 @@ def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path]:
         shutil.copy(spec.labels, bundle / "index_to_name.json")
     for extra in spec.extra_files:
         shutil.copy(extra, bundle / os.path.basename(extra))
+    if spec.golden_inputs:
+        (bundle / "golden").mkdir()
+        for golden in spec.golden_inputs:
+            (bundle / "golden" / golden.name).write_bytes(golden.payload)
     return HANDLERS_DIR / handlers.TASKS[spec.handler][0], bundle
 
 
 def build_archive(spec: ArchiveSpec) -> Path:
-    """Write `{export_path}/{name}.mar` and return its path."""
+    """Write `{export_path}/{name}.mar`, sealed with its reproducibility manifest, and return its path."""
+
     for label, path in (("serialized file", spec.serialized_file), ("model file", spec.model_file),
                         ("labels", spec.labels)):
         if path and not os.path.isfile(path):
@@ -79,7 +87,8 @@ def build_archive(spec: ArchiveSpec) -> Path:
         stage = Path(tmp)
         entry, bundle = stage_bundle(spec, stage)
         config_path = stage / "model-config.yaml"
-        config_path.write_text(yaml.safe_dump(model_config(spec.config), sort_keys=False))
+        config = model_config(spec.config)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = archiver_command() + [
             "--model-name", spec.name,
             "--version", spec.version,
@@ -97,4 +106,6 @@ def build_archive(spec: ArchiveSpec) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
-    return Path(spec.export_path) / f"{spec.name}.mar"
+        mar = Path(spec.export_path) / f"{spec.name}.mar"
+        seal_archive(mar, spec.golden_inputs, config, stage)
+    return mar

@@ -21,6 +21,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.errors import BadInput, ConfigError
+from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
 from handlers.runtime import (
     DTYPES,
@@ -68,6 +69,9 @@ class TskitHandler(BaseHandler):
         self.context = context
         props = context.system_properties
         model_dir = props["model_dir"]
+        self.tskit_manifest = check_integrity(model_dir)
+        if self.tskit_manifest is None:
+            logger.warning("no %s in the archive: its files cannot be checked", MANIFEST_NAME)
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.config = validate_config(yaml_config.get("handler"), {**BASE_CONFIG, **self.config_defaults})
 
@@ -85,10 +89,17 @@ class TskitHandler(BaseHandler):
         model_file = model_info.get("modelFile")
         model_file = os.path.join(model_dir, model_file) if model_file else None
         self.model, self.model_format = load_model(
-            serialized, model_file, self.device, self.config["model_class"] or None
+            serialized, model_file, self.device, self.config["model_class"] or None, self.threads
         )
+        fixed_dtype = getattr(self.model, "fixed_dtype", None)
+        if fixed_dtype is not None and fixed_dtype != self.dtype:
+            logger.info("%s model runs in the dtype it was exported with (%s), not %s",
+                        self.model_format, fixed_dtype, self.precision)
+            self.dtype = fixed_dtype
+            self.precision = next(name for name, dt in DTYPES.items() if dt == fixed_dtype)
+        self.channels_last = self.config["channels_last"] and fixed_dtype is None
         self.model = self.model.to(self.dtype)
-        if self.config["channels_last"]:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
         self.setup(model_dir)
@@ -127,7 +138,7 @@ class TskitHandler(BaseHandler):
         batch = batch.to(self.device, non_blocking=True)
         if batch.is_floating_point():
             batch = batch.to(self.dtype)
-        if self.config["channels_last"] and batch.dim() == 4:
+        if self.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 

@@ -1,7 +1,10 @@
 """The one place that turns an archive's serialized file into a callable model.
 
-Formats: `eager` (a model file defining one nn.Module, plus a state_dict loaded with weights_only=True)
-and `torchscript`. Each loader returns an object called as `model(batch_tensor)`.
+Formats: `eager` (a model file defining one nn.Module, plus a state_dict loaded with weights_only=True),
+`torchscript`, `onnx` (onnxruntime) and `aoti` (an AOTInductor `.pt2` package; a `.pt2` saved with
+`torch.export.save` loads as `exported`). Every loader returns an object called as `model(batch_tensor)`
+that returns a tensor. Compiled formats fix dtype and layout at export time: their wrappers carry
+`fixed_dtype`, and the handler feeds them that dtype.
 """
 import importlib.util
 import inspect
@@ -19,13 +22,20 @@ def detect_format(serialized_file: str, model_file: str | None) -> str:
     """Name the format of `serialized_file`; a model file beside it means an eager state_dict."""
     if model_file:
         return "eager"
+    if serialized_file.endswith(".onnx"):
+        return "onnx"
     if zipfile.is_zipfile(serialized_file):
         with zipfile.ZipFile(serialized_file) as zf:
-            if any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist()):
-                return "torchscript"
+            names = zf.namelist()
+        if any("/data/aotinductor/" in n for n in names):
+            return "aoti"
+        if any(n.endswith("serialized_exported_program.json") or "/models/model.json" in n for n in names):
+            return "exported"
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
     raise ConfigError(
-        f"cannot tell how to load {os.path.basename(serialized_file)!r}: give a model file "
-        "(--model-file) for a state_dict, or a TorchScript file from torch.jit.save"
+        f"cannot tell how to load {os.path.basename(serialized_file)!r}: give a model file (--model-file) "
+        "for a state_dict, or a TorchScript (.pt), ONNX (.onnx) or torch.export/AOTInductor (.pt2) file"
     )
 
 
@@ -74,9 +84,60 @@ def load_torchscript(path: str, device: torch.device) -> torch.nn.Module:
         return torch.jit.load(path, map_location=device).eval()
 
 
-def load_model(serialized_file: str, model_file: str | None, device: torch.device, class_name: str | None = None):
+class CompiledModel:
+    """A model whose graph, dtype and layout were fixed at export: `.to()`/`.eval()` are no-ops."""
+
+    fixed_dtype = torch.float32
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+
+class OnnxModel(CompiledModel):
+    """An onnxruntime session called like a module, with its threads set like torch's."""
+
+    def __init__(self, path: str, device: torch.device, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+class AotiModel(CompiledModel):
+    """An AOTInductor package: compiled ahead of time for one device type (here the build's)."""
+
+    def __init__(self, path: str, device: torch.device):
+        from torch._inductor import aoti_load_package
+
+        self.runner = aoti_load_package(path, device_index=device.index if device.type == "cuda" else -1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.runner(batch.contiguous())
+
+
+def load_model(serialized_file: str, model_file: str | None, device: torch.device,
+               class_name: str | None = None, threads: int = 1):
     """Returns (model, format)."""
     fmt = detect_format(serialized_file, model_file)
     if fmt == "eager":
         return load_eager(model_file, serialized_file, device, class_name), fmt
+    if fmt == "onnx":
+        return OnnxModel(serialized_file, device, threads), fmt
+    if fmt == "aoti":
+        return AotiModel(serialized_file, device), fmt
+    if fmt == "exported":
+        return torch.export.load(serialized_file).module().to(device), fmt
     return load_torchscript(serialized_file, device), fmt

@@ -43,6 +43,37 @@ def cmd_samples(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import torch
+
+    from export.checkpoint import read_state_dict
+    from export.formats import export_model
+    from handlers.loading import load_module_class
+
+    model = load_module_class(args.model_file, args.model_class)()
+    model.load_state_dict(read_state_dict(args.weights, prefix=args.strip_prefix), strict=True)
+    example = torch.randn(*[int(d) for d in args.example_shape.split(",")])
+    for fmt in args.format:
+        exported = export_model(model, example, fmt, args.out, args.name, model_file=args.model_file,
+                                torchscript_method=args.torchscript_method)
+        print(f"{fmt}: {exported.serialized_file}" + (f" (+ {exported.model_file})" if exported.model_file else ""))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from export.verify import verify_archive
+
+    client = None
+    if args.url:
+        config = args.config if Path(args.config).exists() else None
+        base = TorchServeClient.from_config(config, args.workdir) if config else None
+        client = TorchServeClient(args.url, base.management_url if base else args.url,
+                                  base.metrics_url if base else args.url, key_file=Path(args.workdir) / "key_file.json")
+    report = verify_archive(args.archive, client)
+    print(report)
+    return 0 if report.passed else 1
+
+
 def client_for(args) -> TorchServeClient:
     return TorchServeClient.from_config(args.config, args.workdir)
 
@@ -135,6 +166,18 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--out", default="samples")
     sa.set_defaults(func=cmd_samples)
 
+    e = sub.add_parser("export", help="export a model to eager / torchscript / onnx / aoti files")
+    e.add_argument("name")
+    e.add_argument("--model-file", required=True, help="Python file defining the nn.Module")
+    e.add_argument("--model-class", help="which class of the model file, when it defines several")
+    e.add_argument("--weights", required=True, help="state_dict or training checkpoint (Lightning .ckpt too)")
+    e.add_argument("--strip-prefix", help="key prefix to drop, e.g. 'model.' for a LightningModule attribute")
+    e.add_argument("--format", nargs="+", default=["eager"], choices=["eager", "torchscript", "onnx", "aoti"])
+    e.add_argument("--example-shape", default="2,3,224,224", help="example input shape, batch first")
+    e.add_argument("--torchscript-method", default="trace", choices=["trace", "script"])
+    e.add_argument("--out", default="exported")
+    e.set_defaults(func=cmd_export)
+
     def server_args(sp):
         sp.add_argument("--config", default="config.properties")
         sp.add_argument("--workdir", default=".", help="where TorchServe starts (and writes key_file.json)")
@@ -159,6 +202,12 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--min", type=int, required=True)
     sc.add_argument("--max", type=int)
     sc.set_defaults(func=cmd_scale)
+
+    v = sub.add_parser("verify", help="check an archive's hashes and golden outputs, in-process and live")
+    server_args(v)
+    v.add_argument("archive")
+    v.add_argument("--url", help="inference address of a TorchServe serving this archive, e.g. http://127.0.0.1:8080")
+    v.set_defaults(func=cmd_verify)
 
     pr = sub.add_parser("predict", help="send a file to a model and print the answer")
     server_args(pr)

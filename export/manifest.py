@@ -1,0 +1,54 @@
+"""The reproducibility manifest sealed into every archive (`tskit-manifest.json`)."""
+import json
+import platform
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from export.golden import TOLERANCE
+from export.replay import replay
+from handlers.integrity import MANIFEST_NAME, file_hashes
+from handlers.loading import detect_format
+from tskit.testing import unpack_archive
+
+PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver", "onnxruntime", "numpy", "pillow")
+
+
+def environment() -> dict[str, str | None]:
+    env = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = None
+    return env
+
+
+def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path) -> dict:
+    """Hash every file of the built archive, replay its golden inputs through its own handler, and add
+    the manifest to the archive. Returns the manifest."""
+    unpacked = unpack_archive(mar, work_dir / "unpacked")
+    info = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+    model_file = info.get("modelFile")
+    fmt = detect_format(str(unpacked / info["serializedFile"]), str(unpacked / model_file) if model_file else None)
+    manifest = {
+        "manifest_version": 1,
+        "model": {"name": info["modelName"], "version": info["modelVersion"], "handler": info["handler"],
+                  "format": fmt, "serialized_file": info["serializedFile"], "model_file": model_file},
+        "files": file_hashes(unpacked),
+        "environment": environment(),
+        "preprocessing": config.get("handler", {}),
+        "golden": {"precision": None, "tolerance": None, "cases": []},
+    }
+    if golden:
+        cases = [{"input": f"golden/{g.name}", "content_type": g.content_type} for g in golden]
+        out = replay(unpacked, cases, work_dir)
+        for case, (status, body) in zip(cases, out["results"]):
+            if status != 200:
+                raise RuntimeError(f"golden input {case['input']} was refused at build time ({status}): {body}")
+            case["output"] = body
+        manifest["golden"] = {"precision": out["precision"], "tolerance": TOLERANCE[out["precision"]],
+                              "cases": cases}
+    with zipfile.ZipFile(mar, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST_NAME, json.dumps(manifest, indent=1))
+    return manifest

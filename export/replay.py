@@ -1,0 +1,54 @@
+"""Run requests through an unpacked archive's OWN handler code, in a fresh Python.
+
+`tskit build` uses it to compute golden outputs and `tskit verify` to reproduce them: both exercise
+exactly the code inside the archive (the `handlers` package it bundles), not this checkout's.
+
+    python -m export.replay MODEL_DIR CASES.json OUT.json
+CASES.json: [{"input": "golden/x.jpg", "content_type": "image/jpeg"}, ...]
+OUT.json:   {"precision": "fp32", "model_format": "eager", "results": [[status, body], ...]}
+"""
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> dict:
+    work = Path(work_dir)
+    cases_file, out_file = work / "replay-cases.json", work / "replay-out.json"
+    cases_file.write_text(json.dumps(cases))
+    result = subprocess.run([sys.executable, "-m", "export.replay", str(model_dir), str(cases_file), str(out_file)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"replaying the archive's handler failed:\n{result.stderr[-4000:]}")
+    return json.loads(out_file.read_text())
+
+
+def handler_class(model_dir: Path):
+    """The class TorchServe would instantiate: the one class defined in the manifest's handler module."""
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    module = importlib.import_module(Path(manifest["model"]["handler"].split(":")[0]).stem)
+    [cls] = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    return cls
+
+
+def _main(model_dir: str, cases_file: str, out_file: str) -> None:
+    root = Path(model_dir).resolve()
+    sys.path.insert(0, str(root))  # the archive's handlers package wins over any installed one
+    from export.golden import as_request
+    from tskit.testing import load_handler, run_batch
+
+    handler = load_handler(handler_class(root), root)
+    cases = json.loads(Path(cases_file).read_text())
+    results = []
+    for case in cases:  # one request per batch: golden answers must not depend on batch neighbours
+        payload = (root / case["input"]).read_bytes()
+        results += run_batch(handler, [as_request(payload, case["content_type"])])
+    Path(out_file).write_text(json.dumps({"precision": handler.precision, "model_format": handler.model_format,
+                                          "results": results}))
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:4])
