@@ -53,7 +53,8 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, fmt: str, out_di
     if fmt == "torchscript":
         path = out / f"{name}.torchscript.pt"
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in 2.14
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed by the example
             if torchscript_method == "script":
                 scripted = torch.jit.script(model)
             elif torchscript_method == "trace":

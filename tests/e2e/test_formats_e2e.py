@@ -1,0 +1,77 @@
+"""All four export formats served side by side by one real TorchServe; `tskit verify --url` on each;
+a tampered archive refused by a real worker."""
+import json
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+from export.zoo import SAMPLE_TOP1
+from handlers.integrity import MANIFEST_NAME
+from tskit.server import TorchServeProcess
+
+from export.zoo import CONFIG_DIR
+
+REPO = CONFIG_DIR.parent
+
+
+def one_worker_each(names):
+    return json.dumps({n: {"1.0": {"defaultVersion": True, "marName": f"{n}.mar", "minWorkers": 1, "maxWorkers": 1,
+                                   "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}} for n in names})
+
+
+@pytest.fixture(scope="module")
+def format_server(format_archives, tmp_path_factory):
+    store = format_archives["eager"].parent
+    names = [mar.stem for mar in format_archives.values()]
+    ts = TorchServeProcess(tmp_path_factory.mktemp("ts-formats"), REPO / "config.properties", store,
+                           overrides={"load_models": ",".join(f"{n}.mar" for n in names),
+                                      "models": one_worker_each(names)})
+    ts.start(timeout=300)
+    yield ts
+    ts.stop()
+
+
+def test_every_format_serves_the_same_top1(format_server, format_archives, photo_bytes):
+    for name in sorted(SAMPLE_TOP1):
+        tops = {}
+        for fmt, mar in format_archives.items():
+            response = format_server.client.predict(mar.stem, photo_bytes[name])
+            assert response.status_code == 200, (fmt, response.text)
+            tops[fmt] = next(iter(response.json()))
+        assert len(set(tops.values())) == 1 and tops["eager"] in SAMPLE_TOP1[name], (name, tops)
+
+
+@pytest.mark.parametrize("fmt", ["eager", "torchscript", "onnx", "aoti"])
+def test_verify_against_the_live_server(format_server, format_archives, fmt):
+    cli = subprocess.run([sys.executable, "-m", "tskit.cli", "verify", str(format_archives[fmt]),
+                          "--url", format_server.client.inference_url, "--workdir", str(format_server.workdir)],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "ok    live http://127.0.0.1:" in cli.stdout and "PASSED" in cli.stdout
+
+
+def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    bad = store / "efficientnet_lite0.mar"
+    with zipfile.ZipFile(default_mar) as src, zipfile.ZipFile(bad, "w") as out:
+        manifest = json.loads(src.read(MANIFEST_NAME))
+        for item in src.infolist():
+            data = src.read(item.filename)
+            out.writestr(item, data + b"\n# injected\n" if item.filename == "handlers/payload.py" else data)
+    ts = TorchServeProcess(tmp_path / "ts", REPO / "config.properties", store,
+                           overrides={"models": one_worker_each(["efficientnet_lite0"])})
+    ts.start(wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "archive refused" not in ts.log():
+            time.sleep(1)
+        log = ts.log()
+        assert "archive refused" in log and "handlers/payload.py: sha256" in log
+        assert ts.client.ready_workers("efficientnet_lite0") == 0
+    finally:
+        ts.stop()
+    assert manifest["files"]["handlers/payload.py"]
