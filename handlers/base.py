@@ -23,6 +23,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handlers.errors import BadInput, ConfigError
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
+from handlers.metrics import record_batch
 from handlers.runtime import (
     DTYPES,
     pick_device,
@@ -148,21 +149,27 @@ class TskitHandler(BaseHandler):
 
     def handle(self, data, context):
         self.context = context
-        start = time.perf_counter()
+        t0 = time.perf_counter()
         responses: list = [None] * len(data)
-        items, positions = [], []
+        items, positions, rejected = [], [], []
         for i, request in enumerate(data):
             try:
                 items.append(self.decode(request))
                 positions.append(i)
             except BadInput as err:
                 responses[i] = self.reject(i, err)
+                rejected.append(err.kind)
+        t1 = t2 = t3 = time.perf_counter()
         if items:
-            outputs = self.forward(self.collate(items))
+            batch = self.collate(items)
+            t1 = time.perf_counter()
+            outputs = self.forward(batch)
+            t2 = time.perf_counter()
             for i, response in zip(positions, self.respond(outputs)):
                 responses[i] = response
-        if context is not None and getattr(context, "metrics", None) is not None:
-            context.metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+            t3 = time.perf_counter()
+        stage_ms = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000}
+        record_batch(context, stage_ms, len(data), rejected)
         return responses
 
     def reject(self, index: int, err: BadInput) -> dict:

@@ -24,6 +24,9 @@ PORT_KEYS = {
 }
 
 
+PATH_KEYS = ("metrics_config",)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +57,9 @@ class TorchServeProcess:
         self.model_store = Path(model_store).resolve()
         props = read_properties(config_file)
         props["model_store"] = str(self.model_store)
+        for key in PATH_KEYS:  # relative paths in the config are relative to its folder
+            if props.get(key) and not Path(props[key]).is_absolute():
+                props[key] = str((Path(config_file).resolve().parent / props[key]).resolve())
         if isolate_ports:
             props.update({key: fmt.format(free_port()) for key, fmt in PORT_KEYS.items()})
         props.update(overrides or {})
