@@ -8,4 +8,5 @@ package inside every archive, and TorchServe imports the handler file as a top-l
 # Each module defines exactly one class (TorchServe's rule for a handler file).
 TASKS = {
     "image_classifier": ("image_classifier.py", "ImageClassifier"),
+    "tensor": ("tensor.py", "TensorHandler"),
 }
