@@ -28,8 +28,8 @@ from handlers.runtime import (
     DTYPES,
     pick_device,
     resolve_precision,
+    configured_threads,
     set_torch_threads,
-    threads_per_worker,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class TskitHandler(BaseHandler):
         self.precision = resolve_precision(self.config["precision"], self.device)
         self.dtype = DTYPES[self.precision]
         workers = int(yaml_config.get("maxWorkers") or yaml_config.get("minWorkers") or 1)
-        self.threads = self.config["threads"] or threads_per_worker(workers)
+        self.threads = configured_threads(self.config["threads"], workers)
         if self.device.type == "cpu":
             set_torch_threads(self.threads)
         self.batch_size = int(props.get("batch_size") or 1)

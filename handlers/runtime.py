@@ -62,6 +62,15 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, workers))
 
 
+def configured_threads(explicit: int, workers: int) -> int:
+    """The handler's `threads` if set, else the operator's OMP_NUM_THREADS (TorchServe workers inherit the
+    server's environment, and the archive cannot know how many workers a server runs), else cores // workers."""
+    if explicit:
+        return explicit
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else threads_per_worker(workers)
+
+
 def set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     try:

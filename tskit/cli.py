@@ -25,9 +25,46 @@ def cmd_build_default(args) -> int:
     from export.archive import build_archive
     from export.zoo import default_spec
 
+    if args.stock:
+        from export.stock import build_stock_archive
+
+        print(build_stock_archive(args.export_path))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         print(build_archive(default_spec(args.export_path, Path(tmp))))
     return 0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def cmd_bench(args) -> int:
+    from tskit import bench
+    from handlers.runtime import usable_cores
+
+    archives = [Path(a).resolve() for a in args.archives]
+    for archive in archives:
+        if not archive.is_file():
+            raise FileNotFoundError(f"archive not found: {archive}")
+    if args.payload:
+        payloads = [Path(p).read_bytes() for p in args.payload]
+    else:
+        from export.zoo import golden_photos
+
+        payloads = [g.payload for g in golden_photos(max_side=640)]
+    loads = bench.parse_loads(_ints(args.concurrency), [float(r) for r in args.rate.split(",") if r])
+    with tempfile.TemporaryDirectory(prefix="tskit-bench-") as tmp:
+        rows = bench.sweep(archives, _ints(args.workers), _ints(args.batch), _ints(args.delay), payloads, loads,
+                           args.duration, args.warmup, Path(tmp), Path(args.config).resolve(),
+                           args.cores or usable_cores(), bench.stderr_progress)
+    extra = {"command": "tskit " + " ".join(sys.argv[1:])}
+    if len(archives) == 2:
+        extra["compare"] = bench.compare_summary(rows, archives[0].stem, archives[1].stem)
+    paths = bench.write_reports(rows, Path(args.out), extra)
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 1 if any(r["errors"] for r in rows) and args.fail_on_errors else 0
 
 
 def cmd_samples(args) -> int:
@@ -160,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
     d.add_argument("--export-path", default="model_store")
+    d.add_argument("--stock", action="store_true", help="instead, the same weights behind TorchServe's stock handler")
     d.set_defaults(func=cmd_build_default)
 
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")
@@ -177,6 +215,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--torchscript-method", default="trace", choices=["trace", "script"])
     e.add_argument("--out", default="exported")
     e.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="throughput/latency sweep of archives on fresh TorchServe instances; "
+                                       "with two archives, the second's ratio over the first")
+    be.add_argument("archives", nargs="+", help="one archive, or baseline then candidate for a comparison")
+    be.add_argument("--workers", default="1", help="comma list, e.g. 1,2")
+    be.add_argument("--batch", default="8", help="comma list of batchSize values")
+    be.add_argument("--delay", default="10", help="comma list of maxBatchDelay values (ms)")
+    be.add_argument("--concurrency", default="16", help="closed-loop concurrency levels, comma list ('' for none)")
+    be.add_argument("--rate", default="", help="open-loop offered rates in req/s, comma list")
+    be.add_argument("--duration", type=float, default=20, help="seconds per load level")
+    be.add_argument("--warmup", type=float, default=5, help="seconds of warm-up load per server")
+    be.add_argument("--payload", nargs="*", help="request bodies (default: the sample photos as 640px JPEGs)")
+    be.add_argument("--cores", type=int, default=0, help="cores to divide among workers (default: usable cores)")
+    be.add_argument("--config", default="config.properties", help="base TorchServe config")
+    be.add_argument("--out", default="bench-results")
+    be.add_argument("--fail-on-errors", action="store_true")
+    be.set_defaults(func=cmd_bench)
 
     def server_args(sp):
         sp.add_argument("--config", default="config.properties")

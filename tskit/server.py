@@ -50,10 +50,12 @@ def expected_workers(props: dict) -> dict[str, int]:
 
 class TorchServeProcess:
     def __init__(self, workdir: str | Path, config_file: str | Path, model_store: str | Path,
-                 python: str = sys.executable, isolate_ports: bool = True, overrides: dict | None = None):
+                 python: str = sys.executable, isolate_ports: bool = True, overrides: dict | None = None,
+                 env: dict | None = None):
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.python = python
+        self.extra_env = env or {}
         self.model_store = Path(model_store).resolve()
         props = read_properties(config_file)
         props["model_store"] = str(self.model_store)
@@ -77,7 +79,7 @@ class TorchServeProcess:
         tmp = self.workdir / "tmp"
         tmp.mkdir(exist_ok=True)
         env = {**os.environ, "TMPDIR": str(tmp), "LOG_LOCATION": str(self.log_dir),
-               "METRICS_LOCATION": str(self.log_dir)}
+               "METRICS_LOCATION": str(self.log_dir), **self.extra_env}
         cmd = [self.python, torchserve_launcher(), "--start", "--foreground", "--ncs",
                "--ts-config", str(self.config_file), "--model-store", str(self.model_store)]
         self.stdout = open(self.workdir / "torchserve.out", "wb")

@@ -1,0 +1,37 @@
+"""`tskit bench` against real TorchServe instances: a short compare run of the stock handler and ours."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from export.stock import build_stock_archive
+
+
+@pytest.fixture(scope="module")
+def bench_archives(default_mar, tmp_path_factory):
+    store = tmp_path_factory.mktemp("bench-store")
+    ours = store / default_mar.name
+    ours.write_bytes(default_mar.read_bytes())
+    return build_stock_archive(store), ours
+
+
+def test_bench_compare_produces_rows_split_and_reports(bench_archives, tmp_path):
+    stock, ours = bench_archives
+    out = tmp_path / "bench"
+    cli = subprocess.run([sys.executable, "-m", "tskit.cli", "bench", str(stock), str(ours), "--workers", "1",
+                          "--batch", "4", "--delay", "10", "--concurrency", "4", "--rate", "4", "--duration", "4",
+                          "--warmup", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "closed 4:" in cli.stderr  # progress is visible while it runs
+    report = json.loads((out / "bench.json").read_text())
+    rows = report["rows"]
+    assert [(r["archive"], r["mode"]) for r in rows] == [
+        (stock.stem, "closed"), (stock.stem, "open"), (ours.stem, "closed"), (ours.stem, "open")]
+    for row in rows:
+        assert row["errors"] == 0 and row["ok"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert row["server"]["queue_ms"] is not None
+    ours_closed = rows[2]["server"]
+    assert ours_closed["inference_ms_per_batch"] > 0 and 1 <= ours_closed["avg_batch_size"] <= 4
+    assert report["compare"]["ratio"] > 0
+    assert (out / "bench.png").stat().st_size > 0 and "x the throughput" in (out / "bench.md").read_text()
