@@ -9,4 +9,5 @@ package inside every archive, and TorchServe imports the handler file as a top-l
 TASKS = {
     "image_classifier": ("image_classifier.py", "ImageClassifier"),
     "tensor": ("tensor.py", "TensorHandler"),
+    "text_classifier": ("text_classifier.py", "TextClassifier"),
 }

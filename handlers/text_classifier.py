@@ -1,0 +1,123 @@
+"""Text classification: text in, `{label: probability}` for the top-k classes out.
+
+The archive ships the tokenizer as `vocab.json` (next to the handler):
+
+    {"lowercase": true, "token_pattern": "<regex>", "pad_id": 0, "unk_id": 1, "max_length": 256,
+     "labels": ["ham", "spam"], "tokens": {"<pad>": 0, "<unk>": 1, "free": 2, ...}}
+
+A text is lower-cased (if `lowercase`), split into the regex's matches, mapped to ids (`unk_id` for a
+token not in `tokens`) and cut to `max_length` tokens. The training code uses `tokenize`/`encode` from
+this module, so serving tokenizes exactly as training did.
+"""
+import json
+import os
+import re
+
+import torch
+
+from handlers.base import TskitHandler
+from handlers.errors import BadInput, ConfigError
+from handlers.payload import request_value
+
+TEXT_KEYS = ("text", "data")
+VOCAB_KEYS = ("lowercase", "token_pattern", "pad_id", "unk_id", "max_length", "labels", "tokens")
+
+
+def tokenize(text: str, pattern: re.Pattern, lowercase: bool = True) -> list[str]:
+    return pattern.findall(text.lower() if lowercase else text)
+
+
+def encode(text: str, vocab: dict, pattern: re.Pattern) -> list[int]:
+    """Token ids for `text`, cut to the vocabulary's `max_length`."""
+    tokens = vocab["tokens"]
+    unk = vocab["unk_id"]
+    return [tokens.get(t, unk) for t in tokenize(text, pattern, vocab["lowercase"])][: vocab["max_length"]]
+
+
+def read_vocab(path: str) -> tuple[dict, re.Pattern]:
+    """vocab.json and its compiled token pattern; a missing or inconsistent file is a ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"vocabulary {os.path.basename(path)!r} not in the archive: build it with "
+                          "--extra-files vocab.json (or set `vocab_file` in the handler config)")
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    missing = [k for k in VOCAB_KEYS if k not in vocab]
+    if missing:
+        raise ConfigError(f"{os.path.basename(path)} lacks {missing}; it needs {list(VOCAB_KEYS)}")
+    try:
+        pattern = re.compile(vocab["token_pattern"])
+    except re.error as err:
+        raise ConfigError(f"{os.path.basename(path)}: token_pattern is not a valid regex: {err}") from None
+    if pattern.match("") is not None:
+        raise ConfigError(f"{os.path.basename(path)}: token_pattern must not match the empty string")
+    if vocab["pad_id"] == vocab["unk_id"] or int(vocab["max_length"]) < 1 or not vocab["labels"]:
+        raise ConfigError(f"{os.path.basename(path)}: need pad_id != unk_id, max_length >= 1 and labels")
+    return vocab, pattern
+
+
+def request_text(request: dict) -> str:
+    """The request's text: a raw body (bytes or str), a multipart field `data`/`text`, or JSON
+    {"text": ...} / {"data": ...}."""
+    if isinstance(request, dict) and request.get("data") is None and request.get("body") is None \
+            and request.get("text") is not None:
+        value = request["text"]
+    else:
+        value = request_value(request)
+    if isinstance(value, dict):
+        key = next((k for k in TEXT_KEYS if k in value), None)
+        if key is None:
+            raise BadInput(f"JSON body must carry the text under one of {list(TEXT_KEYS)}")
+        value = value[key]
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise BadInput(f"text is not valid UTF-8 (byte {err.start})", kind="InvalidEncoding") from None
+    if not isinstance(value, str):
+        raise BadInput(f"expected text, got JSON {type(value).__name__}: send a string or {{\"text\": \"...\"}}")
+    return value
+
+
+class TextClassifier(TskitHandler):
+    config_defaults = {
+        "topk": 5,
+        "max_chars": 5000,  # longer texts get a 413
+        "vocab_file": "vocab.json",
+    }
+
+    def setup(self, model_dir: str) -> None:
+        if self.config["topk"] < 1 or self.config["max_chars"] < 1:
+            raise ConfigError("handler config: topk and max_chars must be >= 1")
+        self.vocab, self.pattern = read_vocab(os.path.join(model_dir, self.config["vocab_file"]))
+        self.labels = list(self.vocab["labels"])
+        self.pad_id = int(self.vocab["pad_id"])
+        classes = self.forward(self.collate(self.example_items(1))).shape[-1]
+        if classes != len(self.labels):
+            raise ConfigError(f"the model has {classes} outputs but the vocabulary lists {len(self.labels)} labels")
+
+    def decode(self, request: dict) -> torch.Tensor:
+        text = request_text(request)
+        if len(text) > self.config["max_chars"]:
+            raise BadInput(f"text has {len(text)} characters; the limit is {self.config['max_chars']}",
+                           status=413, kind="TextTooLong")
+        if not text.strip():
+            raise BadInput("empty text", kind="EmptyText")
+        ids = encode(text, self.vocab, self.pattern)
+        if not ids:  # only possible with a pattern that skips some visible characters
+            raise BadInput("the text has no tokens the model can read", kind="EmptyText")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def collate(self, items: list) -> torch.Tensor:
+        """Right-pad to the longest text of the batch; the model masks `pad_id`."""
+        batch = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=self.pad_id)
+        return self.to_model_input(batch)
+
+    def respond(self, logits: torch.Tensor) -> list[dict]:
+        probs = torch.softmax(logits.float(), dim=1)
+        values, indices = probs.topk(min(self.config["topk"], probs.shape[1]), dim=1)
+        return [{self.labels[i]: p for p, i in zip(v.tolist(), ix.tolist())}
+                for v, ix in zip(values.cpu(), indices.cpu())]
+
+    def example_items(self, n: int) -> list:
+        unk = int(self.vocab["unk_id"])
+        return [torch.full((1 + i % 16,), unk, dtype=torch.long) for i in range(n)]

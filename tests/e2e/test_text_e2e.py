@@ -1,0 +1,107 @@
+"""The SMS spam text classifier, built with `tskit build`, served by a real TorchServe over real HTTP."""
+import concurrent.futures
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from export.zoo.text import LABELS, TEXT_NAME, ZOO_DIR, load_split, train_text_model
+from handlers.text_classifier import TextClassifier
+from tskit.server import TorchServeProcess
+from tskit.testing import load_handler, run_batch, unpack_archive
+
+REPO = ZOO_DIR.parent.parent
+MODEL = TEXT_NAME
+FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
+
+
+@pytest.fixture(scope="module")
+def text_store(tmp_path_factory):
+    work = tmp_path_factory.mktemp("text-e2e-build")
+    weights, vocab = train_text_model(work)
+    config = work / "model-config.yaml"
+    config.write_text(yaml.safe_dump({**FRONTEND, "handler": {"topk": 2}}))
+    store = work / "model_store"
+    cmd = [sys.executable, "-m", "tskit.cli", "build", MODEL, "--serialized-file", str(weights),
+           "--model-file", str(ZOO_DIR / "text_cnn.py"), "--handler", "text_classifier",
+           "--extra-files", str(vocab), "--config", str(config), "--export-path", str(store)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert (store / f"{MODEL}.mar").exists()
+    return store
+
+
+@pytest.fixture(scope="module")
+def text_server(text_store, tmp_path_factory):
+    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **FRONTEND}}}
+    ts = TorchServeProcess(tmp_path_factory.mktemp("ts-text"), REPO / "config.properties", text_store,
+                           overrides={"load_models": f"{MODEL}.mar", "models": json.dumps(models)})
+    with ts:
+        yield ts
+
+
+@pytest.fixture(scope="module")
+def in_process(text_store, tmp_path_factory):
+    """The same archive's handler in this process, to compare answers with the server's."""
+    model_dir = unpack_archive(text_store / f"{MODEL}.mar", tmp_path_factory.mktemp("text-e2e-unpacked"))
+    return load_handler(TextClassifier, model_dir)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """20 held-out messages of each label, as the seeded split orders them."""
+    _, test = load_split()
+    return [(t, LABELS[y]) for label in LABELS for t, y in [r for r in test if LABELS[r[1]] == label][:20]]
+
+
+def top1(response) -> str:
+    assert response.status_code == 200, response.text
+    return next(iter(response.json()))
+
+
+def post(server, **kwargs):
+    c = server.client
+    headers = {**c._headers("inference"), **kwargs.pop("headers", {})}
+    return c.session.post(f"{c.inference_url}/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
+
+
+def test_server_runs_the_configured_batching(text_server):
+    [version] = text_server.client.describe(MODEL)
+    assert version["batchSize"] == 4 and version["maxBatchDelay"] == 10
+    assert text_server.client.ready_workers(MODEL) == 1
+
+
+def test_held_out_texts_over_http_get_the_right_labels(text_server, in_process, held_out):
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent, so TorchServe batches them
+        responses = list(pool.map(lambda row: text_server.client.predict(MODEL, row[0].encode()), held_out))
+    got = [top1(r) for r in responses]
+    truth = [label for _, label in held_out]
+    assert sum(g == t for g, t in zip(got, truth)) >= 0.9 * len(held_out), list(zip(got, truth))
+    expected = [next(iter(scores)) for _, scores in run_batch(in_process, [{"body": t} for t, _ in held_out])]
+    assert got == expected  # the server answers exactly as the archive's handler does in-process
+
+
+def test_json_plain_text_and_multipart(text_server, held_out):
+    text = held_out[-1][0]
+    raw = top1(post(text_server, data=text.encode()))
+    as_json = top1(post(text_server, json={"text": text}))
+    as_data_json = top1(post(text_server, json={"data": text}))
+    plain = top1(post(text_server, data=text.encode(), headers={"Content-Type": "text/plain; charset=utf-8"}))
+    multipart = top1(post(text_server, files={"data": ("msg.txt", text.encode())}))
+    assert raw == as_json == as_data_json == plain == multipart
+
+
+@pytest.mark.parametrize("payload, status, kind", [
+    ({"data": b"caf\xe9 \xff"}, 400, "InvalidEncoding"),
+    ({"json": {"text": "   "}}, 400, "EmptyText"),
+    ({"json": {"message": "hi"}}, 400, "BadInput"),
+    ({"data": ("spam " * 1200).encode()}, 413, "TextTooLong"),
+])
+def test_bad_requests_get_a_json_4xx_and_the_worker_survives(text_server, held_out, payload, status, kind):
+    r = post(text_server, **payload)
+    assert r.status_code == status, r.text
+    assert r.json()["code"] == status and r.json()["type"] == kind
+    assert top1(post(text_server, data=held_out[0][0].encode())) in LABELS
+    assert text_server.client.ready_workers(MODEL) == 1
