@@ -22,11 +22,12 @@ def record_batch(context, stage_ms: dict[str, float], requests: int, rejected_ki
         return
     try:
         for stage, name in STAGE_COUNTERS.items():
-            metrics.add_time(name, round(stage_ms.get(stage, 0.0), 3), None, "ms", metric_type=MetricTypes.COUNTER)
-        metrics.add_counter(REQUESTS, requests)
-        metrics.add_counter(BATCHES, 1)
+            metrics.add_time(name, round(stage_ms.get(stage, 0.0), 3), None, "ms", [], MetricTypes.COUNTER)
+        # fresh dimension lists: TorchServe appends its default dimensions to the list it is given
+        metrics.add_counter(REQUESTS, requests, None, [])
+        metrics.add_counter(BATCHES, 1, None, [])
         for kind in rejected_kinds:
-            metrics.add_counter(BAD_INPUT, 1, dimensions=[Dimension("Kind", kind)])
-        metrics.add_time("HandlerTime", round(sum(stage_ms.values()), 2), None, "ms")
+            metrics.add_counter(BAD_INPUT, 1, None, [Dimension("Kind", kind)])
+        metrics.add_time("HandlerTime", round(sum(stage_ms.values()), 2), None, "ms", [])
     except Exception:  # metrics must never fail a batch
         logger.exception("could not record handler metrics")

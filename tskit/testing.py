@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 from ts.context import Context, RequestProcessor
-from ts.metrics.metrics_store import MetricsStore
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+METRICS_CONFIG = Path(__file__).resolve().parent.parent / "config" / "metrics.yaml"
 
 
 def unpack_archive(mar: str | Path, dest: str | Path | None = None) -> Path:
@@ -33,9 +35,11 @@ def make_context(model_dir: str | Path, batch_size: int = 8, yaml_overrides: dic
         else:
             model_yaml[key] = value
     name = manifest["model"]["modelName"]
-    context = Context(name, str(model_dir), manifest, batch_size, None, "0.12.0",
-                      metrics=MetricsStore("tskit-test", name), model_yaml_config=model_yaml)
-    return context
+    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))  # the worker's metrics cache
+    metrics.initialize_cache()
+    metrics.model_name = name
+    return Context(name, str(model_dir), manifest, batch_size, None, "0.12.0",
+                   metrics=metrics, model_yaml_config=model_yaml)
 
 
 def load_handler(handler_class, model_dir: str | Path, **context_kwargs):
@@ -48,6 +52,9 @@ def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) 
     """One `handle` call as the worker makes it; returns [(http status, body)] per request."""
     context = handler.context
     context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in requests])]
+    context.request_ids = {i: f"tskit-test-{i}" for i in range(len(requests))}  # as ts/service.py sets them
+    if context.metrics is not None:
+        context.metrics.request_ids = context.request_ids
     bodies = handler.handle(requests, context)
     assert len(bodies) == len(requests), "a handler must answer every request of the batch"
     return [(context.get_response_status(i)[0] or 200, body) for i, body in enumerate(bodies)]
