@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.variants import derive_archive
 from tskit.loadgen import closed_loop, open_loop
 from tskit.server import TorchServeProcess
 
@@ -26,11 +27,12 @@ class ServerConfig:
     batch_size: int
     max_delay_ms: int
 
+    def frontend(self) -> dict:
+        return {"minWorkers": self.workers, "maxWorkers": self.workers, "batchSize": self.batch_size,
+                "maxBatchDelay": self.max_delay_ms, "responseTimeout": 120}
+
     def models_json(self, model: str) -> str:
-        return json.dumps({model: {"1.0": {"defaultVersion": True, "marName": f"{model}.mar",
-                                           "minWorkers": self.workers, "maxWorkers": self.workers,
-                                           "batchSize": self.batch_size, "maxBatchDelay": self.max_delay_ms,
-                                           "responseTimeout": 120}}})
+        return json.dumps({model: {"1.0": {"defaultVersion": True, "marName": f"{model}.mar", **self.frontend()}}})
 
     def label(self) -> str:
         return f"w{self.workers} b{self.batch_size} d{self.max_delay_ms}ms"
@@ -71,7 +73,10 @@ def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], lo
     """Start one TorchServe for `archive` under `config`, run each load, return one row per load."""
     model = archive.stem
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-    ts = TorchServeProcess(workdir / f"{model}-{config.label().replace(' ', '-')}", server_config, archive.parent,
+    run_dir = workdir / f"{model}-{config.label().replace(' ', '-')}"
+    # the archive's own model-config.yaml wins over config.properties: derive one with this config
+    variant = derive_archive(archive, run_dir / "store" / archive.name, frontend=config.frontend())
+    ts = TorchServeProcess(run_dir, server_config, variant.parent,
                            overrides={"load_models": archive.name, "models": config.models_json(model),
                                       "job_queue_size": "1000"}, env=env)
     rows = []
