@@ -31,7 +31,9 @@ def cmd_build_default(args) -> int:
         print(build_stock_archive(args.export_path))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        print(build_archive(default_spec(args.export_path, Path(tmp))))
+        spec = default_spec(args.export_path, Path(tmp), args.format)
+        spec.name = args.name or spec.name
+        print(build_archive(spec))
     return 0
 
 
@@ -109,6 +111,24 @@ def cmd_verify(args) -> int:
     report = verify_archive(args.archive, client)
     print(report)
     return 0 if report.passed else 1
+
+
+def cmd_accuracy(args) -> int:
+    from export.accuracy import agreement
+    from export.zoo import guard_images
+
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
+    images = guard_images()
+    with tempfile.TemporaryDirectory(prefix="tskit-accuracy-") as tmp:
+        result, info = agreement(Path(args.archive), Path(args.reference), images, Path(tmp), overrides)
+    print(f"{args.archive} {info}: top-1 agreement with the fp32 reference {result.agree}/{result.total} "
+          f"= {result.rate:.2%} (threshold {args.threshold:.0%})")
+    for line in result.disagreements:
+        print("  " + line)
+    return 0 if result.rate >= args.threshold else 1
 
 
 def client_for(args) -> TorchServeClient:
@@ -198,6 +218,8 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
     d.add_argument("--export-path", default="model_store")
     d.add_argument("--stock", action="store_true", help="instead, the same weights behind TorchServe's stock handler")
+    d.add_argument("--format", default="eager", choices=["eager", "torchscript", "onnx", "aoti"])
+    d.add_argument("--name", help="archive name (default efficientnet_lite0)")
     d.set_defaults(func=cmd_build_default)
 
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")
@@ -232,6 +254,14 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="bench-results")
     be.add_argument("--fail-on-errors", action="store_true")
     be.set_defaults(func=cmd_bench)
+
+    ac = sub.add_parser("accuracy", help="accuracy guard: top-1 agreement with the fp32 reference pipeline on "
+                                         "real photos")
+    ac.add_argument("archive", help="image classifier archive to check, with its own config")
+    ac.add_argument("--reference", required=True, help="eager archive of the same weights (run in fp32, full decode)")
+    ac.add_argument("--set", nargs="*", help="handler config overrides for the candidate, e.g. precision=bf16")
+    ac.add_argument("--threshold", type=float, default=0.99)
+    ac.set_defaults(func=cmd_accuracy)
 
     def server_args(sp):
         sp.add_argument("--config", default="config.properties")

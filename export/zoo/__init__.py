@@ -41,12 +41,24 @@ def write_imagenet_labels(path: Path) -> Path:
     return path
 
 
-def default_spec(export_path: str, work_dir: Path) -> ArchiveSpec:
-    """The archive `make serve` builds; `work_dir` receives the generated labels file."""
+def default_spec(export_path: str, work_dir: Path, fmt: str = "eager") -> ArchiveSpec:
+    """The default model's archive in format `fmt`; `work_dir` receives the generated files."""
+    serialized, model_file = efficientnet_lite0_weights(), str(ZOO_DIR / "efficientnet_lite0.py")
+    if fmt != "eager":
+        import torch
+
+        from export.checkpoint import read_state_dict
+        from export.formats import export_model
+        from handlers.loading import load_module_class
+
+        model = load_module_class(model_file)()
+        model.load_state_dict(read_state_dict(serialized))
+        serialized = str(export_model(model, torch.randn(2, 3, 224, 224), fmt, work_dir, DEFAULT_NAME).serialized_file)
+        model_file = None
     return ArchiveSpec(
         name=DEFAULT_NAME,
-        serialized_file=efficientnet_lite0_weights(),
-        model_file=str(ZOO_DIR / "efficientnet_lite0.py"),
+        serialized_file=serialized,
+        model_file=model_file,
         handler="image_classifier",
         labels=str(write_imagenet_labels(work_dir / "index_to_name.json")),
         config=read_config(str(CONFIG_DIR / f"{DEFAULT_NAME}.yaml")),
@@ -89,3 +101,34 @@ def sample_photos() -> dict[str, Path]:
             if (folder / name).is_file():
                 found[name] = folder / name
     return found
+
+
+GUARD_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
+                "gravel.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png", "motorcycle_right.png",
+                "page.png", "retina.jpg", "rocket.jpg")
+
+
+def guard_images(views_per_photo: int = 6) -> dict[str, bytes]:
+    """The accuracy guard's image set: 16 real photos (scikit-image's and matplotlib's), each whole and as
+    corner and centre crops, re-encoded as JPEG (quality 90) so the JPEG fast path is exercised."""
+    import importlib.util
+
+    from PIL import Image
+
+    paths = dict(sample_photos())
+    spec = importlib.util.find_spec("skimage")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+        paths.update({name: folder / name for name in GUARD_PHOTOS if (folder / name).is_file()})
+    images = {}
+    for name, path in sorted(paths.items()):
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        cw, ch = int(w * 0.75), int(h * 0.75)
+        boxes = [(0, 0, w, h), (0, 0, cw, ch), (w - cw, 0, w, ch), (0, h - ch, cw, h), (w - cw, h - ch, w, h),
+                 (int(w * 0.2), int(h * 0.2), int(w * 0.8), int(h * 0.8))]
+        for i, box in enumerate(boxes[:views_per_photo]):
+            buf = io.BytesIO()
+            image.crop(box).save(buf, format="JPEG", quality=90)
+            images[f"{Path(name).stem}-{i}.jpg"] = buf.getvalue()
+    return images
