@@ -17,7 +17,7 @@ $(STAMP): requirements.txt setup.py
 install: $(STAMP)
 
 $(DEFAULT_MAR): $(STAMP) $(SOURCES)
-	$(BIN)/tskit build-default --export-path model_store
+	$(BIN)/tskit build-default --format onnx --export-path model_store
 
 archives: $(DEFAULT_MAR)
 
