@@ -1,0 +1,160 @@
+"""Object detection: image bytes in, `[{"label", "score", "box": [x1, y1, x2, y2]}]` out, highest score first,
+boxes in the original (upright) image's pixels.
+
+Made for torchvision detection models (FCOS, RetinaNet, SSD, Faster R-CNN, ...): they take a list of CHW
+float images in 0..1 of any sizes and return one `{boxes, labels, scores}` dict per image. The handler
+resizes each image (shorter side to `min_size`, longer side at most `max_size`: torchvision's own rule, so
+the model's internal resize becomes a no-op), runs the whole batch in one forward pass and maps the boxes
+back to the original image.
+
+Precision defaults to fp32: torchvision's CPU `nms` has no bf16/fp16 kernel (a model cast to bf16 fails in
+post-processing), and box coordinates in bf16 are off by pixels (8 mantissa bits: steps of 2 px at 300 px).
+When bf16/fp16 is asked for, only the backbone (nearly all the FLOPs) runs in it; its features go back to
+fp32 before the heads, box decoding and NMS.
+"""
+import io
+import logging
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from handlers.base import TskitHandler
+from handlers.errors import ConfigError
+from handlers.image_classifier import decode_image, read_labels
+from handlers.payload import request_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def fit_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Shorter side to `min_size` unless the longer side would then exceed `max_size`."""
+    scale = min(min_size / min(width, height), max_size / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the image as decoded at full size and turned upright: JPEG draft mode decodes
+    smaller, and the boxes must be in the original's pixels."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+            width, height = height, width
+    return width, height
+
+
+def cast_floats(value, dtype: torch.dtype):
+    """`value` (a tensor, or a dict/list/tuple of them) with its floating tensors in `dtype`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return type(value)((k, cast_floats(v, dtype)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast_floats(v, dtype) for v in value)
+    return value
+
+
+def set_postprocess_limits(model, score_threshold: float, max_detections: int) -> None:
+    """Let the model drop what the handler would drop anyway (same result: NMS only lets a higher score
+    suppress a lower one), wherever torchvision keeps these settings."""
+    for part in (model, getattr(model, "roi_heads", None)):
+        if part is not None and hasattr(part, "score_thresh"):
+            part.score_thresh = score_threshold
+        if part is not None and hasattr(part, "detections_per_img"):
+            part.detections_per_img = max_detections
+
+
+class ObjectDetector(TskitHandler):
+    config_defaults = {
+        "precision": "fp32",  # see the module docstring
+        "min_size": 800,  # torchvision's defaults; an archive sets what its model was trained at
+        "max_size": 1333,
+        "score_threshold": 0.5,
+        "max_detections": 100,
+        "fast_decode": True,  # JPEG draft mode (reduced-DCT decoding)
+    }
+
+    def setup(self, model_dir: str) -> None:
+        cfg = self.config
+        if not 0 < cfg["min_size"] <= cfg["max_size"]:
+            raise ConfigError(f"handler config: need 0 < min_size ({cfg['min_size']}) <= max_size ({cfg['max_size']})")
+        if not 0.0 <= cfg["score_threshold"] <= 1.0:
+            raise ConfigError(f"handler config: score_threshold must be in 0..1, got {cfg['score_threshold']}")
+        if cfg["max_detections"] < 1:
+            raise ConfigError(f"handler config: max_detections must be >= 1, got {cfg['max_detections']}")
+        transform = getattr(self.model, "transform", None)
+        if transform is not None and hasattr(transform, "min_size"):
+            transform.min_size, transform.max_size = (cfg["min_size"],), cfg["max_size"]
+        set_postprocess_limits(self.model, cfg["score_threshold"], cfg["max_detections"])
+        self.reduce_backbone_precision()
+        labels_path = os.path.join(model_dir, "index_to_name.json")
+        self.labels = read_labels(labels_path) if os.path.exists(labels_path) else {}
+
+    def reduce_backbone_precision(self) -> None:
+        """The base class cast the whole model to `self.dtype`; keep that only for the backbone. The rest goes
+        back to fp32 (its weights keep the bf16/fp16 rounding, far below a pixel; its arithmetic is fp32)."""
+        if self.dtype == torch.float32:
+            return
+        self.model.float()
+        backbone = getattr(self.model, "backbone", None)
+        if not isinstance(backbone, torch.nn.Module):
+            logger.warning("precision %s: the model has no `backbone` to run in it; using fp32", self.precision)
+            self.precision, self.dtype = "fp32", torch.float32
+            return
+        dtype = self.dtype
+        backbone.to(dtype)
+        backbone.register_forward_pre_hook(lambda _module, args: cast_floats(args, dtype))
+        backbone.register_forward_hook(lambda _module, _args, output: cast_floats(output, torch.float32))
+        logger.info("precision %s for the backbone; heads, box decoding and NMS in fp32", self.precision)
+
+    def decode(self, request: dict) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One request to (resized HxWx3 uint8 image, original (width, height))."""
+        cfg = self.config
+        data = request_bytes(request)
+        # draft to twice the target, as the image classifier does: the DCT-scaled decode still gets an
+        # antialiased resize afterwards
+        image = decode_image(data, 2 * cfg["min_size"] if cfg["fast_decode"] else 0)
+        original = upright_size(data) if cfg["fast_decode"] else image.size
+        size = fit_size(*original, cfg["min_size"], cfg["max_size"])
+        if size != original:
+            image = image.resize(size, Image.BILINEAR)
+        return torch.from_numpy(np.array(image)), original
+
+    def collate(self, items: list) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """Detection models take a list of CHW images of any sizes (they pad the batch themselves)."""
+        images = [pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+                  for pixels, _ in items]
+        return images, [original for _, original in items]
+
+    def forward(self, batch):
+        images, originals = batch
+        with torch.inference_mode():
+            detections = self.model(images)
+        if isinstance(detections, tuple):  # scripted torchvision detectors return (losses, detections)
+            detections = detections[1]
+        return [(det, image.shape[-1], image.shape[-2], original)
+                for det, image, original in zip(detections, images, originals)]
+
+    def respond(self, outputs: list) -> list[list[dict]]:
+        return [self.detections(*output) for output in outputs]
+
+    def detections(self, det: dict, width: int, height: int, original: tuple[int, int]) -> list[dict]:
+        """One image's detections above the threshold, best first, in the original image's pixels."""
+        ow, oh = original
+        scores = det["scores"].float().cpu()
+        keep = scores >= self.config["score_threshold"]
+        scores, order = scores[keep].sort(descending=True)
+        scores, order = scores[: self.config["max_detections"]], order[: self.config["max_detections"]]
+        boxes = det["boxes"].float().cpu()[keep][order] * torch.tensor([ow / width, oh / height] * 2)
+        boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([ow, oh, ow, oh], dtype=torch.float32))
+        labels = det["labels"].cpu()[keep][order].tolist()
+        return [
+            {"label": self.labels.get(label, str(label)), "score": round(score, 4),
+             "box": [round(v, 1) for v in box]}
+            for label, score, box in zip(labels, scores.tolist(), boxes.tolist())
+        ]
+
+    def example_items(self, n: int) -> list:
+        side = self.config["min_size"]
+        return [(torch.zeros(side, side, 3, dtype=torch.uint8), (side, side)) for _ in range(n)]

@@ -1,0 +1,80 @@
+"""The scene detector, built by `tskit build --handler object_detector`, served by a real TorchServe."""
+import concurrent.futures
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from export.zoo.detection import (
+    DETECTOR_NAME, OBJECTS, box_iou, detection_quality, heldout_scenes, write_detector_files,
+)
+from tskit.server import TorchServeProcess
+
+REPO = Path(__file__).resolve().parents[2]
+TSKIT = [sys.executable, "-m", "tskit.cli"]
+
+MODEL = DETECTOR_NAME
+SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
+
+
+@pytest.fixture(scope="module")
+def detector_server(tmp_path_factory):
+    work = tmp_path_factory.mktemp("detector-e2e")
+    files = write_detector_files(work)
+    store = work / "model_store"
+    cmd = TSKIT + ["build", MODEL, "--serialized-file", files["serialized_file"], "--model-file", files["model_file"],
+                   "--handler", "object_detector", "--labels", files["labels"], "--config", files["config"],
+                   "--export-path", str(store)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **SETTINGS}}}
+    overrides = {"load_models": f"{MODEL}.mar", "models": json.dumps(models)}
+    with TorchServeProcess(work / "ts", REPO / "config.properties", store, overrides=overrides) as server:
+        yield server
+
+
+def png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def detections(response) -> list:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_served_with_the_configured_batching(detector_server):
+    [version] = detector_server.client.describe(MODEL)
+    assert version["batchSize"] == 4 and version["maxBatchDelay"] == 10
+    assert detector_server.client.ready_workers(MODEL) == 1
+
+
+def test_held_out_scenes_over_http_concurrently(detector_server):
+    scenes = heldout_scenes(16)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent requests get batched
+        responses = list(pool.map(lambda s: detector_server.client.predict(MODEL, png(s[0])), scenes))
+    quality = detection_quality([detections(r) for r in responses], scenes)
+    assert quality["recall"] >= 0.85 and quality["precision"] >= 0.85, quality
+
+
+@pytest.mark.parametrize("label", ["rocket", "astronaut"])
+def test_a_real_photo_in_its_own_pixels(detector_server, photos, label):
+    """The photos the objects were cut from, at their own size: the best box is the object's region there."""
+    file, region = OBJECTS[label]
+    width, height = Image.open(photos[file]).size
+    truth = [region[0] * width, region[1] * height, region[2] * width, region[3] * height]
+    best = detections(detector_server.client.predict(MODEL, photos[file].read_bytes()))[0]
+    assert best["label"] == label and box_iou(best["box"], truth) >= 0.5, (best, truth)
+
+
+def test_bad_request_is_a_json_4xx_and_the_worker_survives(detector_server, photo_bytes):
+    r = detector_server.client.predict(MODEL, b"this is text, not an image")
+    assert r.status_code == 415
+    assert r.json()["code"] == 415 and "not an image" in r.json()["message"]
+    assert detections(detector_server.client.predict(MODEL, photo_bytes["rocket.jpg"]))[0]["label"] == "rocket"
+    assert detector_server.client.ready_workers(MODEL) == 1
