@@ -113,6 +113,31 @@ def cmd_verify(args) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_forward(args) -> int:
+    """In-process forward-only throughput: the ceiling the served throughput is compared against."""
+    import os
+    import time
+
+    from export.replay import handler_class
+    from tskit.testing import load_handler, unpack_archive
+
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    with tempfile.TemporaryDirectory(prefix="tskit-forward-") as tmp:
+        root = unpack_archive(args.archive, Path(tmp) / "archive")
+        sys.path.insert(0, str(root))
+        handler = load_handler(handler_class(root), root, batch_size=args.batch)
+        batch = handler.collate(handler.example_items(args.batch))
+        handler.forward(batch)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            handler.forward(batch)
+            done += args.batch
+        rate = done / (time.perf_counter() - start)
+    print(f"{args.archive}: {handler.model_format} {handler.precision}, batch {args.batch}, {handler.threads} thread(s): "
+          f"{rate:.1f} items/s forward only")
+    return 0
+
+
 def cmd_accuracy(args) -> int:
     from export.accuracy import agreement
     from export.zoo import guard_images
@@ -254,6 +279,13 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="bench-results")
     be.add_argument("--fail-on-errors", action="store_true")
     be.set_defaults(func=cmd_bench)
+
+    fw = sub.add_parser("forward", help="in-process forward-only throughput of an archive's model")
+    fw.add_argument("archive")
+    fw.add_argument("--batch", type=int, default=8)
+    fw.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
+    fw.add_argument("--seconds", type=float, default=10)
+    fw.set_defaults(func=cmd_forward)
 
     ac = sub.add_parser("accuracy", help="accuracy guard: top-1 agreement with the fp32 reference pipeline on "
                                          "real photos")

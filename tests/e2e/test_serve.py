@@ -20,7 +20,7 @@ def top1(response) -> str:
 def test_server_is_healthy_with_the_configured_workers(server):
     assert server.client.ping()
     [version] = server.client.describe(MODEL)
-    assert version["batchSize"] == 8 and version["maxBatchDelay"] == 10
+    assert version["batchSize"] == 8 and version["maxBatchDelay"] == 5
     assert server.client.ready_workers(MODEL) == 2
 
 
