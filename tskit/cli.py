@@ -113,6 +113,15 @@ def cmd_verify(args) -> int:
     return 0 if report.passed else 1
 
 
+def _overrides(items) -> dict:
+    """`key=value` pairs for a handler config; true/false become booleans."""
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
 def cmd_forward(args) -> int:
     """In-process forward-only throughput: the ceiling the served throughput is compared against."""
     import os
@@ -125,7 +134,8 @@ def cmd_forward(args) -> int:
     with tempfile.TemporaryDirectory(prefix="tskit-forward-") as tmp:
         root = unpack_archive(args.archive, Path(tmp) / "archive")
         sys.path.insert(0, str(root))
-        handler = load_handler(handler_class(root), root, batch_size=args.batch)
+        handler = load_handler(handler_class(root), root, batch_size=args.batch,
+                               yaml_overrides={"handler": _overrides(args.set)})
         batch = handler.collate(handler.example_items(args.batch))
         handler.forward(batch)
         done, start = 0, time.perf_counter()
@@ -142,10 +152,7 @@ def cmd_accuracy(args) -> int:
     from export.accuracy import agreement
     from export.zoo import guard_images
 
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key] = {"true": True, "false": False}.get(value.lower(), value)
+    overrides = _overrides(args.set)
     images = guard_images()
     with tempfile.TemporaryDirectory(prefix="tskit-accuracy-") as tmp:
         result, info = agreement(Path(args.archive), Path(args.reference), images, Path(tmp), overrides)
@@ -285,6 +292,7 @@ def parser() -> argparse.ArgumentParser:
     fw.add_argument("--batch", type=int, default=8)
     fw.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
     fw.add_argument("--seconds", type=float, default=10)
+    fw.add_argument("--set", nargs="*", help="handler config overrides, e.g. precision=bf16 channels_last=false")
     fw.set_defaults(func=cmd_forward)
 
     ac = sub.add_parser("accuracy", help="accuracy guard: top-1 agreement with the fp32 reference pipeline on "
