@@ -133,10 +133,16 @@ class TskitHandler(BaseHandler):
         with torch.inference_mode():
             return self.model(batch)
 
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host to device. On CUDA the tensor is pinned first, so the non-blocking copy really overlaps."""
+        if self.device.type == "cuda" and not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
     def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
         """Move a batch to the model's device; floating tensors also take the model's dtype (integer
         ones, token ids say, keep theirs) and, if configured, the channels-last format."""
-        batch = batch.to(self.device, non_blocking=True)
+        batch = self.to_device(batch)
         if batch.is_floating_point():
             batch = batch.to(self.dtype)
         if self.channels_last and batch.dim() == 4:

@@ -123,7 +123,7 @@ class ObjectDetector(TskitHandler):
 
     def collate(self, items: list) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
         """Detection models take a list of CHW images of any sizes (they pad the batch themselves)."""
-        images = [pixels.to(self.device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+        images = [self.to_device(pixels).permute(2, 0, 1).float().div_(255)
                   for pixels, _ in items]
         return images, [original for _, original in items]
 
