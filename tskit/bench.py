@@ -26,6 +26,7 @@ class ServerConfig:
     workers: int
     batch_size: int
     max_delay_ms: int
+    precision: str | None = None  # None: whatever the archive's handler config says
 
     def frontend(self) -> dict:
         return {"minWorkers": self.workers, "maxWorkers": self.workers, "batchSize": self.batch_size,
@@ -35,7 +36,7 @@ class ServerConfig:
         return json.dumps({model: {"1.0": {"defaultVersion": True, "marName": f"{model}.mar", **self.frontend()}}})
 
     def label(self) -> str:
-        return f"w{self.workers} b{self.batch_size} d{self.max_delay_ms}ms"
+        return f"w{self.workers} b{self.batch_size} d{self.max_delay_ms}ms" + (f" {self.precision}" if self.precision else "")
 
 
 def model_counters(text: str, model: str) -> dict[str, float]:
@@ -75,7 +76,8 @@ def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], lo
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     run_dir = workdir / f"{model}-{config.label().replace(' ', '-')}"
     # the archive's own model-config.yaml wins over config.properties: derive one with this config
-    variant = derive_archive(archive, run_dir / "store" / archive.name, frontend=config.frontend())
+    variant = derive_archive(archive, run_dir / "store" / archive.name, frontend=config.frontend(),
+                             handler={"precision": config.precision} if config.precision else None)
     ts = TorchServeProcess(run_dir, server_config, variant.parent,
                            overrides={"load_models": archive.name, "models": config.models_json(model),
                                       "job_queue_size": "1000"}, env=env)
@@ -101,13 +103,31 @@ def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], lo
 
 def sweep(archives: list[Path], workers: list[int], batch_sizes: list[int], delays: list[int], payloads: list[bytes],
           loads: list[tuple[str, float]], duration_s: float, warmup_s: float, workdir: Path, server_config: Path,
-          cores: int, progress=print) -> list[dict]:
+          cores: int, precisions: list[str | None] = (None,), progress=print) -> list[dict]:
     rows = []
-    for archive, w, b, d in itertools.product(archives, workers, batch_sizes, delays):
+    for archive, w, b, d, p in itertools.product(archives, workers, batch_sizes, delays, precisions):
         threads = max(1, cores // w)
-        rows += bench_archive(archive, ServerConfig(w, b, d), payloads, loads, duration_s, warmup_s, workdir,
+        rows += bench_archive(archive, ServerConfig(w, b, d, p), payloads, loads, duration_s, warmup_s, workdir,
                               server_config, threads, progress)
     return rows
+
+
+def recommended_config(archive: Path, row: dict) -> str:
+    """The archive's model-config.yaml with the winning run's workers, batching and precision: ready for
+    `tskit build --config`."""
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(archive) as zf:
+        config = yaml.safe_load(zf.read("model-config.yaml")) if "model-config.yaml" in zf.namelist() else {}
+    best = ServerConfig(row["workers"], row["batch_size"], row["max_delay_ms"], row.get("precision"))
+    config.update(best.frontend())
+    if best.precision:
+        config.setdefault("handler", {})["precision"] = best.precision
+    note = (f"# recommended by tskit bench: {row['throughput_rps']} req/s, p99 {row['p99_ms']} ms, "
+            f"{row['mode']} {row['level']:g}, threads per worker {row['threads_per_worker']}\n")
+    return note + yaml.safe_dump(config, sort_keys=False)
 
 
 def best_per_archive(rows: list[dict], mode: str = "closed") -> dict[str, dict]:
@@ -128,7 +148,8 @@ def markdown_table(rows: list[dict]) -> str:
     for r in rows:
         s = r["server"]
         load = f"{r['mode']} {r['level']:g}" + (" conc" if r["mode"] == "closed" else " req/s")
-        lines.append(f"| {r['archive']} | {r['workers']} | {r['batch_size']} | {r['max_delay_ms']} | {load} | "
+        name = r["archive"] + (f" ({r['precision']})" if r.get("precision") else "")
+        lines.append(f"| {name} | {r['workers']} | {r['batch_size']} | {r['max_delay_ms']} | {load} | "
                      f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['errors']} | "
                      f"{s.get('queue_ms')} | {s.get('preprocess_ms_per_batch', '-')} | "
                      f"{s.get('inference_ms_per_batch', '-')} | {s.get('postprocess_ms_per_batch', '-')} | "
@@ -146,7 +167,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{r['archive']} w{r['workers']} b{r['batch_size']} d{r['max_delay_ms']}", []).append(r)
+        config = ServerConfig(r["workers"], r["batch_size"], r["max_delay_ms"], r.get("precision"))
+        groups.setdefault(f"{r['archive']} {config.label()}", []).append(r)
     for label, group in groups.items():
         group = sorted((g for g in group if g["p99_ms"] is not None), key=lambda g: g["throughput_rps"])
         if not group:
@@ -188,8 +210,8 @@ def compare_summary(rows: list[dict], baseline: str, candidate: str) -> dict:
     b, c = best[baseline], best[candidate]
     return {"baseline": baseline, "candidate": candidate, "baseline_rps": b["throughput_rps"],
             "candidate_rps": c["throughput_rps"], "ratio": round(c["throughput_rps"] / b["throughput_rps"], 2),
-            "baseline_config": ServerConfig(b["workers"], b["batch_size"], b["max_delay_ms"]).label(),
-            "candidate_config": ServerConfig(c["workers"], c["batch_size"], c["max_delay_ms"]).label()}
+            "baseline_config": ServerConfig(b["workers"], b["batch_size"], b["max_delay_ms"], b.get("precision")).label(),
+            "candidate_config": ServerConfig(c["workers"], c["batch_size"], c["max_delay_ms"], c.get("precision")).label()}
 
 
 def stderr_progress(message: str) -> None:

@@ -57,13 +57,20 @@ def cmd_bench(args) -> int:
         payloads = [g.payload for g in golden_photos(max_side=640)]
     loads = bench.parse_loads(_ints(args.concurrency), [float(r) for r in args.rate.split(",") if r])
     with tempfile.TemporaryDirectory(prefix="tskit-bench-") as tmp:
+        precisions = [p for p in args.precision.split(",") if p] or [None]
         rows = bench.sweep(archives, _ints(args.workers), _ints(args.batch), _ints(args.delay), payloads, loads,
                            args.duration, args.warmup, Path(tmp), Path(args.config).resolve(),
-                           args.cores or usable_cores(), bench.stderr_progress)
+                           args.cores or usable_cores(), precisions, bench.stderr_progress)
     extra = {"command": "tskit " + " ".join(sys.argv[1:])}
     if len(archives) == 2:
         extra["compare"] = bench.compare_summary(rows, archives[0].stem, archives[1].stem)
     paths = bench.write_reports(rows, Path(args.out), extra)
+    for archive in archives:
+        best = bench.best_per_archive(rows).get(archive.stem)
+        if best:
+            path = Path(args.out) / f"recommended-{archive.stem}.yaml"
+            path.write_text(bench.recommended_config(archive, best))
+            paths[f"recommended {archive.stem}"] = path
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if any(r["errors"] for r in rows) and args.fail_on_errors else 0
@@ -276,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--workers", default="1", help="comma list, e.g. 1,2")
     be.add_argument("--batch", default="8", help="comma list of batchSize values")
     be.add_argument("--delay", default="10", help="comma list of maxBatchDelay values (ms)")
+    be.add_argument("--precision", default="", help="comma list of handler precisions to sweep (default: the archive's)")
     be.add_argument("--concurrency", default="16", help="closed-loop concurrency levels, comma list ('' for none)")
     be.add_argument("--rate", default="", help="open-loop offered rates in req/s, comma list")
     be.add_argument("--duration", type=float, default=20, help="seconds per load level")

@@ -35,3 +35,16 @@ def test_bench_compare_produces_rows_split_and_reports(bench_archives, tmp_path)
     assert ours_closed["inference_ms_per_batch"] > 0 and 1 <= ours_closed["avg_batch_size"] <= 4
     assert report["compare"]["ratio"] > 0
     assert (out / "bench.png").stat().st_size > 0 and "x the throughput" in (out / "bench.md").read_text()
+    assert "batchSize: 4" in (out / f"recommended-{ours.stem}.yaml").read_text()
+
+
+def test_bench_sweeps_precision(bench_archives, tmp_path):
+    _, ours = bench_archives
+    out = tmp_path / "bench"
+    cli = subprocess.run([sys.executable, "-m", "tskit.cli", "bench", str(ours), "--workers", "1", "--batch", "2",
+                          "--precision", "fp32,bf16", "--concurrency", "2", "--duration", "3", "--warmup", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"] and all(r["errors"] == 0 for r in rows)
+    assert "(bf16)" in (out / "bench.md").read_text()

@@ -68,3 +68,14 @@ def test_reports_are_written(tmp_path):
     assert table.count("\n| ") == 5 and "4.0x the throughput" in table
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert markdown_table(rows()).splitlines()[1].startswith("| --- |")
+
+
+def test_recommended_config_is_the_archive_config_with_the_winner(default_mar):
+    import yaml
+
+    from tskit.bench import recommended_config
+
+    best = {**rows()[2], "precision": "fp32", "threads_per_worker": 2}
+    config = yaml.safe_load(recommended_config(default_mar, best))
+    assert (config["minWorkers"], config["maxWorkers"], config["batchSize"], config["maxBatchDelay"]) == (1, 1, 8, 10)
+    assert config["handler"]["precision"] == "fp32" and config["handler"]["crop"] == 224
