@@ -176,11 +176,18 @@ class TskitHandler(BaseHandler):
             t3 = time.perf_counter()
         stage_ms = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000}
         record_batch(context, stage_ms, len(data), rejected)
+        logger.info("batch of %d [%s]: preprocess %.1f ms, inference %.1f ms, postprocess %.1f ms, %d rejected",
+                    len(data), ",".join(self.request_id(i) for i in range(len(data))), stage_ms["preprocess"],
+                    stage_ms["inference"], stage_ms["postprocess"], len(rejected))
         return responses
+
+    def request_id(self, index: int) -> str:
+        ids = getattr(self.context, "request_ids", None) or {}
+        return str(ids.get(index, index))
 
     def reject(self, index: int, err: BadInput) -> dict:
         """Answer one request with its 4xx; the rest of the batch is unaffected."""
-        logger.warning("request %d rejected (%d %s): %s", index, err.status, err.kind, err.message)
+        logger.warning("request %s rejected (%d %s): %s", self.request_id(index), err.status, err.kind, err.message)
         if self.context is not None:
             self.context.set_response_status(err.status, err.message, idx=index)
         return err.to_response()

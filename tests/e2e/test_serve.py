@@ -61,6 +61,15 @@ def test_bad_input_is_a_json_4xx_and_the_worker_survives(server, photo_bytes):
     assert server.client.ready_workers(MODEL) == 2
 
 
+def test_model_log_carries_request_ids_timings_and_reasons(server, photo_bytes):
+    ok = server.client.predict(MODEL, photo_bytes["coffee.png"])
+    bad = server.client.predict(MODEL, b"not an image at all")
+    assert ok.status_code == 200 and bad.status_code == 415
+    log = server.log()
+    assert f"[{ok.headers['x-request-id']}]: preprocess" in log and "ms, postprocess" in log
+    assert f"request {bad.headers['x-request-id']} rejected (415 UnsupportedMediaType): payload is not an image" in log
+
+
 def test_requests_without_the_token_are_refused(server, photo_bytes):
     c = server.client
     r = requests.post(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"], timeout=30)
