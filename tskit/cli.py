@@ -1,4 +1,4 @@
-"""`tskit`: build, serve, stop, status, scale and predict against TorchServe."""
+"""`tskit`: build, export and verify archives; serve, inspect, scale and benchmark TorchServe."""
 import argparse
 import json
 import sys
@@ -110,11 +110,8 @@ def cmd_verify(args) -> int:
     from export.verify import verify_archive
 
     client = None
-    if args.url:
-        config = args.config if Path(args.config).exists() else None
-        base = TorchServeClient.from_config(config, args.workdir) if config else None
-        client = TorchServeClient(args.url, base.management_url if base else args.url,
-                                  base.metrics_url if base else args.url, key_file=Path(args.workdir) / "key_file.json")
+    if args.url:  # verify only uses the inference API
+        client = TorchServeClient(args.url, args.url, args.url, key_file=Path(args.workdir) / "key_file.json")
     report = verify_archive(args.archive, client)
     print(report)
     return 0 if report.passed else 1
