@@ -21,6 +21,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.errors import BadInput, ConfigError
+from handlers.explain import is_explain
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
 from handlers.metrics import record_batch
@@ -165,6 +166,7 @@ class TskitHandler(BaseHandler):
             except BadInput as err:
                 responses[i] = self.reject(i, err)
                 rejected.append(err.kind)
+        items, positions = self.answer_explanations(data, items, positions, responses, rejected)
         t1 = t2 = t3 = time.perf_counter()
         if items:
             batch = self.collate(items)
@@ -180,6 +182,28 @@ class TskitHandler(BaseHandler):
                     len(data), ",".join(self.request_id(i) for i in range(len(data))), stage_ms["preprocess"],
                     stage_ms["inference"], stage_ms["postprocess"], len(rejected))
         return responses
+
+    def answer_explanations(self, data, items, positions, responses, rejected):
+        """Requests sent to /explanations are answered by `explain_items` (BaseHandler already uses the name
+        `explain` for a flag); returns the items left to predict."""
+        wanted = [k for k, i in enumerate(positions) if is_explain(self.context, i)]
+        if not wanted:
+            return items, positions
+        try:
+            answers = self.explain_items([items[k] for k in wanted], [data[positions[k]] for k in wanted])
+        except BadInput as err:
+            answers = [err] * len(wanted)
+        for k, answer in zip(wanted, answers):
+            if isinstance(answer, BadInput):
+                responses[positions[k]] = self.reject(positions[k], answer)
+                rejected.append(answer.kind)
+            else:
+                responses[positions[k]] = answer
+        keep = [k for k in range(len(items)) if k not in set(wanted)]
+        return [items[k] for k in keep], [positions[k] for k in keep]
+
+    def explain_items(self, items: list, requests: list[dict]) -> list:
+        raise BadInput(f"{type(self).__name__} has no explanations", status=501, kind="ExplanationsUnavailable")
 
     def request_id(self, index: int) -> str:
         ids = getattr(self.context, "request_ids", None) or {}

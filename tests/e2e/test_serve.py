@@ -70,6 +70,16 @@ def test_model_log_carries_request_ids_timings_and_reasons(server, photo_bytes):
     assert f"request {bad.headers['x-request-id']} rejected (415 UnsupportedMediaType): payload is not an image" in log
 
 
+def test_explanations_endpoint(server, photo_bytes):
+    c = server.client
+    r = c.session.post(f"{c.inference_url}/explanations/{MODEL}", data=photo_bytes["chelsea.png"],
+                       headers=c._headers("inference"), timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["target"] in SAMPLE_TOP1["chelsea.png"] and len(body["attributions"]) == 224
+    assert base64.b64decode(body["heatmap_png"])[:4] == b"\x89PNG"
+
+
 def test_requests_without_the_token_are_refused(server, photo_bytes):
     c = server.client
     r = requests.post(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"], timeout=30)

@@ -51,3 +51,13 @@ def test_torchscript_script_method_and_bad_format(tmp_path):
         export_model(model, torch.randn(2, 4), "tflite", tmp_path, "m")
     with pytest.raises(ValueError, match="needs the model file"):
         export_model(model, torch.randn(2, 4), "eager", tmp_path, "m")
+
+
+def test_explanations_need_gradients(handlers_by_format, photo_bytes):
+    """TorchScript explains like eager; compiled formats answer 501 with the reason."""
+    request = [{"body": photo_bytes["coffee.png"]}]
+    [(status, body)] = run_batch(handlers_by_format["torchscript"], request, headers=[{"explain": "True"}])
+    assert status == 200 and body["target"] == "espresso"
+    for fmt in ("onnx", "aoti"):
+        [(status, body)] = run_batch(handlers_by_format[fmt], request, headers=[{"explain": "True"}])
+        assert status == 501 and "eager or TorchScript" in body["message"]

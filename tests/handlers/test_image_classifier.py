@@ -121,3 +121,36 @@ def test_bad_config_fails_the_load_with_a_fix(default_model_dir, section, fragme
     with pytest.raises((ConfigError, ValueError)) as err:
         load_handler(ImageClassifier, default_model_dir, yaml_overrides={"handler": section})
     assert fragment in str(err.value)
+
+
+def test_explanations_in_a_mixed_batch(classifier, photo_bytes):
+    """Requests sent to /explanations (header explain: True) get attributions; the others in the same
+    batch get predictions; a bad one fails alone."""
+    chelsea = base64.b64encode(photo_bytes["chelsea.png"]).decode()
+    results = run_batch(
+        classifier,
+        [{"body": photo_bytes["chelsea.png"]}, {"body": photo_bytes["coffee.png"]}, {"body": b"junk"},
+         {"body": {"data": chelsea, "target": "tabby"}}],
+        headers=[{"explain": "True"}, {}, {"explain": "True"}, {"explain": "True"}])
+    assert [status for status, _ in results] == [200, 200, 415, 200]
+    explained, predicted, _, targeted = (body for _, body in results)
+    assert top1(predicted) == "espresso"
+    assert explained["target"] in SAMPLE_TOP1["chelsea.png"] and explained["method"] == "integrated_gradients"
+    assert len(explained["attributions"]) == 224 and len(explained["attributions"][0]) == 224
+    assert Image.open(io.BytesIO(base64.b64decode(explained["heatmap_png"]))).size == (224, 224)
+    assert targeted["target"] == "tabby" and targeted["target_index"] == 281
+
+
+def test_attributions_are_concentrated_not_uniform(classifier, photo_bytes):
+    """A real attribution map puts much of its mass on few pixels (uniform noise would put 10% on 10%)."""
+    import numpy as np
+
+    [(_, body)] = run_batch(classifier, [{"body": photo_bytes["chelsea.png"]}], headers=[{"explain": "True"}])
+    a = np.sort(np.array(body["attributions"]).ravel())[::-1]
+    assert a[: a.size // 10].sum() / a.sum() > 0.3
+
+
+def test_unknown_explanation_target_is_a_400(classifier, photo_bytes):
+    request = {"body": {"data": base64.b64encode(photo_bytes["coffee.png"]).decode(), "target": "unicorn"}}
+    [(status, body)] = run_batch(classifier, [request], headers=[{"explain": "True"}])
+    assert status == 400 and "unknown explanation target 'unicorn'" in body["message"]
