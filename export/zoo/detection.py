@@ -13,6 +13,7 @@ This file is also the archive's `--model-file`: it imports only torch, torchvisi
 """
 import functools
 import importlib.util
+import io
 import json
 import logging
 import time
@@ -387,10 +388,17 @@ def write_detector_files(work_dir: str | Path) -> dict[str, str]:
 def detector_spec(export_path: str | Path, work_dir: str | Path):
     from export.archive import ArchiveSpec
 
+    from export.golden import GoldenInput
+
     files = write_detector_files(work_dir)
+    golden = []
+    for i, scene in enumerate(heldout_scenes(3)):  # held-out scenes as PNG request bodies
+        buf = io.BytesIO()
+        scene[0].save(buf, format="PNG")
+        golden.append(GoldenInput(f"scene-{i}.png", buf.getvalue(), "image/png"))
     return ArchiveSpec(name=DETECTOR_NAME, handler="object_detector", serialized_file=files["serialized_file"],
                        model_file=files["model_file"], labels=files["labels"], config=dict(DETECTOR_CONFIG),
-                       export_path=str(export_path))
+                       export_path=str(export_path), golden_inputs=golden)
 
 
 def build_detector_archive(export_path: str | Path, work_dir: str | Path) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from export.archive import ArchiveSpec, build_archive
+from export.golden import GoldenInput
 from export.zoo.tabular_mlp import HIDDEN, TabularMLP
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -100,7 +101,15 @@ def tabular_spec(export_path: str, work_dir: Path) -> ArchiveSpec:
         config={"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "handler": {"topk": 2}},
         export_path=str(export_path),
         extra_files=[str(schema)],
+        golden_inputs=golden_rows(),
     )
+
+
+def golden_rows(n: int = 4) -> list[GoldenInput]:
+    """Held-out rows as JSON request bodies, stored in the archive as its golden cases."""
+    _, x_test, _, _ = load_split()
+    return [GoldenInput(f"row-{i}.json", json.dumps(x_test[i].tolist()).encode(), "application/json")
+            for i in range(n)]
 
 
 def build_tabular_archive(export_path: str | Path, work_dir: str | Path) -> Path:

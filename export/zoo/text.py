@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from export.archive import ArchiveSpec, build_archive
+from export.golden import GoldenInput
 from export.zoo.text_cnn import TextCNN
 from handlers.text_classifier import encode, tokenize
 
@@ -153,10 +154,20 @@ def train_text_model(work_dir: Path) -> tuple[Path, Path]:
     return weights, vocab_path
 
 
+def golden_texts(per_label: int = 2) -> list[GoldenInput]:
+    """Held-out messages of each label, stored in the archive as its golden cases."""
+    _, held_out = load_split()
+    cases = []
+    for label in sorted({y for _, y in held_out}):
+        for i, (text, _) in enumerate([row for row in held_out if row[1] == label][:per_label]):
+            cases.append(GoldenInput(f"message-{label}-{i}.txt", text.encode("utf-8"), "text/plain"))
+    return cases
+
+
 def text_spec(export_path: str, weights: Path, vocab_path: Path) -> ArchiveSpec:
     return ArchiveSpec(name=TEXT_NAME, serialized_file=str(weights), model_file=str(ZOO_DIR / "text_cnn.py"),
                        handler="text_classifier", config=json.loads(json.dumps(ARCHIVE_CONFIG)),
-                       export_path=export_path, extra_files=[str(vocab_path)])
+                       export_path=export_path, extra_files=[str(vocab_path)], golden_inputs=golden_texts())
 
 
 def build_text_archive(export_path: str, work_dir: Path) -> Path:

@@ -247,7 +247,9 @@ def test_without_labels_the_answer_is_the_raw_output(tmp_path, split, reference)
 
 def test_missing_schema_fails_the_load_with_a_fix(tmp_path):
     spec = tabular_spec(str(tmp_path / "store"), tmp_path / "build")
-    mar = build_archive(dataclasses.replace(spec, extra_files=[]))
+    with pytest.raises(RuntimeError, match="--extra-files tensor_schema.json"):  # the golden replay catches it
+        build_archive(dataclasses.replace(spec, extra_files=[]))
+    mar = build_archive(dataclasses.replace(spec, extra_files=[], golden_inputs=[]))
     with pytest.raises(ConfigError, match="--extra-files tensor_schema.json"):
         load_handler(TensorHandler, unpack_archive(mar, tmp_path / "unpacked"))
 
