@@ -8,23 +8,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 
 from export.archive import archiver_command
-from export.checkpoint import read_state_dict
-from export.formats import export_model
-from export.zoo import ZOO_DIR, efficientnet_lite0_weights, write_imagenet_labels
-from handlers.loading import load_module_class
+from export.zoo import export_default, write_imagenet_labels
 
 
 def build_stock_archive(export_path: str | Path, name: str = "efficientnet_lite0_stock", batch_size: int = 8,
                         max_delay_ms: int = 20, workers: int = 2) -> Path:
-    model = load_module_class(str(ZOO_DIR / "efficientnet_lite0.py"))()
-    model.load_state_dict(read_state_dict(efficientnet_lite0_weights()))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        traced = export_model(model, torch.randn(2, 3, 224, 224), "torchscript", work, name).serialized_file
+        traced = export_default("torchscript", work, name).serialized_file
         labels = write_imagenet_labels(work / "index_to_name.json")
         config = work / "model-config.yaml"
         config.write_text(yaml.safe_dump({"minWorkers": workers, "maxWorkers": workers, "batchSize": batch_size,

@@ -30,10 +30,7 @@ def request_bytes(request: dict) -> bytes:
     """
     value = request_value(request)
     if isinstance(value, dict):
-        key = next((k for k in B64_KEYS if k in value), None)
-        if key is None:
-            raise BadInput(f"JSON body must carry base64 data under one of {list(B64_KEYS)}")
-        value = value[key]
+        value = unwrap_json(value, B64_KEYS, "base64 data")
     if isinstance(value, str):
         return decode_base64(value)
     if isinstance(value, (bytes, bytearray)):
@@ -41,6 +38,14 @@ def request_bytes(request: dict) -> bytes:
             raise BadInput("empty request body")
         return bytes(value)
     raise BadInput(f"unsupported payload of type {type(value).__name__}: send bytes or base64 in JSON")
+
+
+def unwrap_json(body: dict, keys: tuple, what: str):
+    """The value under the first of `keys` present in a JSON object body, else a 400 naming them."""
+    key = next((k for k in keys if k in body), None)
+    if key is None:
+        raise BadInput(f"JSON body must carry {what} under one of {list(keys)}")
+    return body[key]
 
 
 def decode_base64(text: str) -> bytes:

@@ -17,7 +17,7 @@ import torch
 
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
-from handlers.payload import request_value
+from handlers.payload import request_value, unwrap_json
 
 TEXT_KEYS = ("text", "data")
 VOCAB_KEYS = ("lowercase", "token_pattern", "pad_id", "unk_id", "max_length", "labels", "tokens")
@@ -64,10 +64,7 @@ def request_text(request: dict) -> str:
     else:
         value = request_value(request)
     if isinstance(value, dict):
-        key = next((k for k in TEXT_KEYS if k in value), None)
-        if key is None:
-            raise BadInput(f"JSON body must carry the text under one of {list(TEXT_KEYS)}")
-        value = value[key]
+        value = unwrap_json(value, TEXT_KEYS, "the text")
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("utf-8-sig")

@@ -41,21 +41,13 @@ def classifier(default_model_dir):
 @pytest.fixture(scope="session")
 def format_archives(tmp_path_factory):
     """The default model exported to every format, each built into its own sealed archive."""
-    import torch
-
-    from export.checkpoint import read_state_dict
-    from export.formats import FORMATS, export_model
-    from export.zoo import ZOO_DIR, efficientnet_lite0_weights
-    from handlers.loading import load_module_class
+    from export.formats import FORMATS
+    from export.zoo import export_default
 
     work = tmp_path_factory.mktemp("formats")
-    model_file = ZOO_DIR / "efficientnet_lite0.py"
-    model = load_module_class(str(model_file))()
-    model.load_state_dict(read_state_dict(efficientnet_lite0_weights()))
-    example = torch.randn(2, 3, 224, 224)
     archives = {}
     for fmt in FORMATS:
-        exported = export_model(model, example, fmt, work / "exported" / fmt, "lite0", model_file=model_file)
+        exported = export_default(fmt, work / "exported" / fmt, "lite0")
         spec = default_spec(str(work / "model_store"), work)
         spec.name = f"lite0_{fmt}"
         spec.serialized_file = str(exported.serialized_file)

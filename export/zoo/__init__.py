@@ -41,20 +41,25 @@ def write_imagenet_labels(path: Path) -> Path:
     return path
 
 
+def export_default(fmt: str, out_dir: Path, name: str = DEFAULT_NAME):
+    """The pretrained EfficientNet-Lite0 exported to `fmt` (example batch 2x3x224x224) under `out_dir`."""
+    import torch
+
+    from export.checkpoint import read_state_dict
+    from export.formats import export_model
+    from handlers.loading import load_module_class
+
+    model_file = ZOO_DIR / "efficientnet_lite0.py"
+    model = load_module_class(str(model_file))()
+    model.load_state_dict(read_state_dict(efficientnet_lite0_weights()))
+    return export_model(model, torch.randn(2, 3, 224, 224), fmt, out_dir, name, model_file=model_file)
+
+
 def default_spec(export_path: str, work_dir: Path, fmt: str = "eager") -> ArchiveSpec:
     """The default model's archive in format `fmt`; `work_dir` receives the generated files."""
     serialized, model_file = efficientnet_lite0_weights(), str(ZOO_DIR / "efficientnet_lite0.py")
     if fmt != "eager":
-        import torch
-
-        from export.checkpoint import read_state_dict
-        from export.formats import export_model
-        from handlers.loading import load_module_class
-
-        model = load_module_class(model_file)()
-        model.load_state_dict(read_state_dict(serialized))
-        serialized = str(export_model(model, torch.randn(2, 3, 224, 224), fmt, work_dir, DEFAULT_NAME).serialized_file)
-        model_file = None
+        serialized, model_file = str(export_default(fmt, work_dir).serialized_file), None
     return ArchiveSpec(
         name=DEFAULT_NAME,
         serialized_file=serialized,
