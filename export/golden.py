@@ -8,6 +8,7 @@ number within the tolerance of the precision in use.
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 # Absolute tolerance on every number of a response, by the precision that produced it. fp32 covers
 # different CPU kernels (AVX2 vs AVX-512) and batch sizes; bf16 keeps 8 bits of mantissa.
@@ -19,6 +20,18 @@ class GoldenInput:
     name: str  # file name inside the archive's golden/ folder
     payload: bytes
     content_type: str = "application/octet-stream"
+
+
+CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain"}
+
+
+def inputs_from_files(paths) -> list[GoldenInput]:
+    """Files, or every file of a folder, as request bodies (content type from the suffix)."""
+    files = []
+    for path in map(Path, paths):
+        files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [GoldenInput(p.name, p.read_bytes(), CONTENT_TYPES.get(p.suffix, "application/octet-stream"))
+            for p in files]
 
 
 def tolerance(*precisions: str) -> float:

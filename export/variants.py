@@ -15,10 +15,13 @@ import yaml
 from handlers.integrity import MANIFEST_NAME
 
 CONFIG_NAME = "model-config.yaml"
+ARCHIVER_MANIFEST = "MAR-INF/MANIFEST.json"
 
 
-def derive_archive(mar: str | Path, out: str | Path, frontend: dict | None = None, handler: dict | None = None) -> Path:
-    """Copy `mar` to `out` with top-level keys `frontend` and `handler:` keys `handler` overridden."""
+def derive_archive(mar: str | Path, out: str | Path, frontend: dict | None = None, handler: dict | None = None,
+                   version: str | None = None) -> Path:
+    """Copy `mar` to `out` with top-level keys `frontend` and `handler:` keys `handler` overridden, and
+    with another model version if `version` is given (for a rollout beside the original)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(mar) as src:
@@ -33,27 +36,27 @@ def derive_archive(mar: str | Path, out: str | Path, frontend: dict | None = Non
         if manifest_json is not None:
             manifest_json["files"][CONFIG_NAME] = hashlib.sha256(new_config).hexdigest()
             manifest_json["preprocessing"] = config.get("handler", {})
+            if version:
+                manifest_json["model"]["version"] = version
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
             for item in src.infolist():
                 if item.filename in (CONFIG_NAME, MANIFEST_NAME):
                     continue
-                dst.writestr(item, src.read(item.filename))
+                data = src.read(item.filename)
+                if item.filename == ARCHIVER_MANIFEST:
+                    data = _archiver_manifest(data, version)
+                dst.writestr(item, data)
             dst.writestr(CONFIG_NAME, new_config)
             if manifest_json is not None:
                 dst.writestr(MANIFEST_NAME, json.dumps(manifest_json, indent=1))
-    if CONFIG_NAME not in names:
-        _point_manifest_at_config(out)
     return out
 
 
-def _point_manifest_at_config(mar: Path) -> None:
-    """An archive built without a config file: tell TorchServe's MANIFEST.json about the new one."""
-    with zipfile.ZipFile(mar) as src:
-        items = [(i, src.read(i.filename)) for i in src.infolist()]
-    with zipfile.ZipFile(mar, "w", compression=zipfile.ZIP_DEFLATED) as dst:
-        for item, data in items:
-            if item.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["configFile"] = CONFIG_NAME
-                data = json.dumps(manifest, indent=2).encode()
-            dst.writestr(item, data)
+def _archiver_manifest(data: bytes, version: str | None) -> bytes:
+    """TorchServe's MAR-INF/MANIFEST.json pointing at the config file (an archive built without one gets
+    it here) and carrying the version."""
+    manifest = json.loads(data)
+    manifest["model"]["configFile"] = CONFIG_NAME
+    if version:
+        manifest["model"]["modelVersion"] = version
+    return json.dumps(manifest, indent=2).encode()

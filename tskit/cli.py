@@ -11,11 +11,13 @@ from tskit.properties import read_properties
 
 def cmd_build(args) -> int:
     from export.archive import ArchiveSpec, build_archive, read_config
+    from export.golden import inputs_from_files
 
     spec = ArchiveSpec(
         name=args.name, serialized_file=args.serialized_file, handler=args.handler,
         model_file=args.model_file, labels=args.labels, config=read_config(args.config),
         export_path=args.export_path, version=args.version, extra_files=args.extra_files,
+        golden_inputs=inputs_from_files(args.golden or []),
     )
     print(build_archive(spec))
     return 0
@@ -226,6 +228,56 @@ def cmd_scale(args) -> int:
     return 0
 
 
+def model_store_of(args) -> Path:
+    """The server's model store: config.properties' `model_store`, relative to where TorchServe starts."""
+    store = Path(read_properties(args.config).get("model_store", "model_store"))
+    return store if store.is_absolute() else Path(args.workdir) / store
+
+
+def cmd_register(args) -> int:
+    from tskit.rollout import register
+
+    model, version = register(client_for(args), args.archive, model_store_of(args), args.workers)
+    print(f"{model} {version} registered, {args.workers} worker(s) READY")
+    return 0
+
+
+def cmd_unregister(args) -> int:
+    from tskit.rollout import unregister
+
+    unregister(client_for(args), args.model, args.version)
+    print(f"{args.model} {args.version or '(default version)'} unregistered")
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    from export.golden import inputs_from_files
+    from tskit.rollout import rollout
+
+    samples = inputs_from_files(args.samples) if args.samples else None
+    result = rollout(client_for(args), args.archive, model_store_of(args), args.workdir, samples,
+                     args.min_agreement, args.max_latency_ratio, args.rounds)
+    print(result.report.summary())
+    for line in result.report.disagreements[:10]:
+        print("  " + line)
+    if not result.promoted:
+        print(f"refused, {result.report.new} unregistered; {result.report.old} still serves:")
+        for reason in result.reasons:
+            print("  - " + reason)
+        return 1
+    print(f"promoted: {result.report.model} now serves {result.report.new} "
+          f"(`tskit rollback {result.report.model}` goes back to {result.report.old})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from tskit.rollout import rollback
+
+    before, after = rollback(client_for(args), args.model, args.workdir, args.to)
+    print(f"{args.model}: default version {before} -> {after}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     response = client_for(args).predict(args.model, Path(args.file).read_bytes())
     try:
@@ -249,6 +301,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--export-path", default="model_store")
     b.add_argument("--version", default="1.0")
     b.add_argument("--extra-files", nargs="*", default=[], help="more files for the archive root (vocabulary, schema)")
+    b.add_argument("--golden", nargs="*", help="real inputs (files or folders) whose answers are stored as golden "
+                                              "cases; `tskit verify` and `tskit rollout` replay them")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
@@ -332,6 +386,35 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--min", type=int, required=True)
     sc.add_argument("--max", type=int)
     sc.set_defaults(func=cmd_scale)
+
+    rg = sub.add_parser("register", help="register an archive (needs enable_model_api=true)")
+    server_args(rg)
+    rg.add_argument("archive")
+    rg.add_argument("--workers", type=int, default=1)
+    rg.set_defaults(func=cmd_register)
+
+    ur = sub.add_parser("unregister", help="unregister a model version (needs enable_model_api=true)")
+    server_args(ur)
+    ur.add_argument("model")
+    ur.add_argument("version", nargs="?", help="default: the default version")
+    ur.set_defaults(func=cmd_unregister)
+
+    ro = sub.add_parser("rollout", help="register NEW.mar beside the serving version, replay samples through "
+                                        "both, promote it with set-default only if it passes")
+    server_args(ro)
+    ro.add_argument("archive")
+    ro.add_argument("--samples", nargs="*", help="request bodies, files or folders (default: the archive's "
+                                                 "golden inputs)")
+    ro.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement needed (0-1)")
+    ro.add_argument("--max-latency-ratio", type=float, default=1.5, help="new p50 / serving p50 allowed")
+    ro.add_argument("--rounds", type=int, default=3, help="times each sample is sent to each version")
+    ro.set_defaults(func=cmd_rollout)
+
+    rb = sub.add_parser("rollback", help="make the previously served version the default again")
+    server_args(rb)
+    rb.add_argument("model")
+    rb.add_argument("--to", help="version to go back to (default: the one served before the current)")
+    rb.set_defaults(func=cmd_rollback)
 
     v = sub.add_parser("verify", help="check an archive's hashes and golden outputs, in-process and live")
     server_args(v)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from export.zoo import CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, write_imagenet_labels
+from export.zoo import (CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, sample_photos,
+                        write_imagenet_labels)
 from tskit.server import TorchServeProcess
 
 REPO = CONFIG_DIR.parent
@@ -17,7 +18,7 @@ def tskit_build(store: Path, work: Path) -> Path:
     cmd = TSKIT + ["build", DEFAULT_NAME, "--serialized-file", efficientnet_lite0_weights(),
                    "--model-file", str(ZOO_DIR / "efficientnet_lite0.py"), "--handler", "image_classifier",
                    "--labels", str(labels), "--config", str(CONFIG_DIR / f"{DEFAULT_NAME}.yaml"),
-                   "--export-path", str(store)]
+                   "--export-path", str(store), "--golden", *map(str, sample_photos().values())]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip().splitlines()[-1])

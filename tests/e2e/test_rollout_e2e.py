@@ -1,0 +1,118 @@
+"""Model versions on a real TorchServe through `tskit`: a rollout that is refused, one that promotes, a
+rollback under load with zero failed requests, and unregister. The server runs the shipped
+config.properties with the register API turned on (`enable_model_api=true`), which rollouts need."""
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from export.variants import derive_archive
+from export.zoo import DEFAULT_NAME
+from tskit.rollout import default_version, versions
+from tskit.server import TorchServeProcess
+
+from tests.e2e.conftest import REPO
+
+MODEL = DEFAULT_NAME
+ONE_WORKER = {"minWorkers": 1, "maxWorkers": 1}
+
+
+@pytest.fixture(scope="module")
+def candidates(e2e_store, tmp_path_factory):
+    """1.0 in the store; a 2.0 with the same weights, and a 3.0 that forgot the input normalisation."""
+    base = e2e_store / f"{MODEL}.mar"
+    store = tmp_path_factory.mktemp("rollout-store")
+    derive_archive(base, store / f"{MODEL}.mar", frontend=ONE_WORKER)
+    elsewhere = tmp_path_factory.mktemp("candidates")
+    good = derive_archive(base, elsewhere / f"{MODEL}-2.0.mar", frontend=ONE_WORKER, version="2.0")
+    broken = derive_archive(base, elsewhere / f"{MODEL}-3.0.mar", frontend=ONE_WORKER, version="3.0",
+                            handler={"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})
+    return store, good, broken
+
+
+@pytest.fixture(scope="module")
+def versioned_server(candidates, tmp_path_factory):
+    store = candidates[0]
+    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **ONE_WORKER, "batchSize": 8,
+                              "maxBatchDelay": 5, "responseTimeout": 120}}}
+    ts = TorchServeProcess(tmp_path_factory.mktemp("ts-rollout"), REPO / "config.properties", store,
+                           overrides={"enable_model_api": "true", "load_models": f"{MODEL}.mar",
+                                      "models": json.dumps(models)})
+    with ts:
+        yield ts
+
+
+def tskit(ts, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tskit.cli", *args, "--config", str(ts.config_file), "--workdir", str(ts.workdir)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_status_and_scale_up_and_down(versioned_server):
+    ts = versioned_server
+    assert f"{MODEL} 1.0" in tskit(ts, "status").stdout
+    for workers in (2, 1):
+        result = tskit(ts, "scale", MODEL, "--min", str(workers))
+        assert result.returncode == 0, result.stderr
+        assert ts.client.ready_workers(MODEL) == workers == len(default_version(ts.client, MODEL)["workers"])
+
+
+def test_a_rollout_that_disagrees_is_refused_and_unregistered(versioned_server, candidates):
+    ts, broken = versioned_server, candidates[2]
+    result = tskit(ts, "rollout", str(broken), "--max-latency-ratio", "100")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "refused" in result.stdout and "top-1 agreement" in result.stdout
+    assert versions(ts.client, MODEL) == ["1.0"]
+    assert default_version(ts.client, MODEL)["modelVersion"] == "1.0"
+
+
+def test_a_rollout_that_agrees_is_promoted(versioned_server, candidates, photo_bytes):
+    ts, good = versioned_server, candidates[1]
+    # generous latency bound: both versions share two busy cores; this test is about the decision
+    result = tskit(ts, "rollout", str(good), "--max-latency-ratio", "100")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "100.0%" in result.stdout and "promoted" in result.stdout
+    assert sorted(versions(ts.client, MODEL)) == ["1.0", "2.0"]
+    assert default_version(ts.client, MODEL)["modelVersion"] == "2.0"
+    assert next(iter(ts.client.predict(MODEL, photo_bytes["coffee.png"]).json())) == "espresso"
+
+
+def test_rollback_under_load_fails_no_request(versioned_server, photo_bytes):
+    ts = versioned_server
+    statuses, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            statuses.append(ts.client.predict(MODEL, photo_bytes["chelsea.png"]).status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        while len(statuses) < 8:  # load is flowing before the switch
+            stop.wait(0.1)
+        result = tskit(ts, "rollback", MODEL)
+        after = len(statuses)
+        while len(statuses) < after + 8:  # and keeps flowing after it
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert result.returncode == 0, result.stderr
+    assert "2.0 -> 1.0" in result.stdout
+    assert default_version(ts.client, MODEL)["modelVersion"] == "1.0"
+    assert statuses.count(200) == len(statuses) >= after + 8, sorted(set(statuses))
+
+
+def test_nothing_left_to_roll_back_to_says_so(versioned_server):
+    result = tskit(versioned_server, "rollback", MODEL)
+    assert result.returncode == 1 and "no earlier version" in result.stderr
+
+
+def test_unregister_a_version(versioned_server):
+    ts = versioned_server
+    result = tskit(ts, "unregister", MODEL, "2.0")
+    assert result.returncode == 0, result.stderr
+    assert versions(ts.client, MODEL) == ["1.0"]
