@@ -209,15 +209,20 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from tskit.rollout import default_version
+
     client = client_for(args)
     if not client.ping():
         print("TorchServe is not answering on", client.inference_url)
         return 1
     for entry in client.models():
-        for version in client.describe(entry["modelName"]):
+        name = entry["modelName"]
+        default = default_version(client, name)["modelVersion"]
+        for version in client.management("GET", f"/models/{name}/all").json():
             workers = version.get("workers", [])
             states = ", ".join(f"{w['id']}:{w['status']}" for w in workers) or "no workers"
-            print(f"{version['modelName']} {version['modelVersion']} batch={version.get('batchSize')} "
+            mark = " (default)" if version["modelVersion"] == default else ""
+            print(f"{name} {version['modelVersion']}{mark} batch={version.get('batchSize')} "
                   f"delay={version.get('maxBatchDelay')}ms workers=[{states}]")
     return 0
 

@@ -51,7 +51,7 @@ def tskit(ts, *args) -> subprocess.CompletedProcess:
 
 def test_status_and_scale_up_and_down(versioned_server):
     ts = versioned_server
-    assert f"{MODEL} 1.0" in tskit(ts, "status").stdout
+    assert f"{MODEL} 1.0 (default)" in tskit(ts, "status").stdout
     for workers in (2, 1):
         result = tskit(ts, "scale", MODEL, "--min", str(workers))
         assert result.returncode == 0, result.stderr
@@ -116,3 +116,12 @@ def test_unregister_a_version(versioned_server):
     result = tskit(ts, "unregister", MODEL, "2.0")
     assert result.returncode == 0, result.stderr
     assert versions(ts.client, MODEL) == ["1.0"]
+
+
+def test_status_lists_every_version_and_marks_the_default(versioned_server, candidates):
+    ts = versioned_server
+    assert tskit(ts, "register", str(candidates[1])).returncode == 0
+    lines = tskit(ts, "status").stdout.splitlines()
+    assert any(line.startswith(f"{MODEL} 1.0 (default)") for line in lines)
+    assert any(line.startswith(f"{MODEL} 2.0 batch=") for line in lines)
+    assert tskit(ts, "unregister", MODEL, "2.0").returncode == 0
