@@ -125,3 +125,14 @@ def test_status_lists_every_version_and_marks_the_default(versioned_server, cand
     assert any(line.startswith(f"{MODEL} 1.0 (default)") for line in lines)
     assert any(line.startswith(f"{MODEL} 2.0 batch=") for line in lines)
     assert tskit(ts, "unregister", MODEL, "2.0").returncode == 0
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/model.mar", "https://example.com/model.mar",
+                                 "file:///etc/passwd", "../model_store/efficientnet_lite0.mar"])
+def test_even_with_the_register_api_on_only_model_store_files_register(versioned_server, candidates, url):
+    ts = versioned_server
+    r = ts.client.management("POST", "/models", params={"url": url, "model_name": "intruder"})
+    assert r.status_code == 404, r.text
+    assert "allowed URL" in r.json()["message"] or "Relative path" in r.json()["message"]
+    assert not (candidates[0] / "passwd").exists()  # nothing was copied into the store
+    assert "intruder" not in [m["modelName"] for m in ts.client.models()]

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from export.zoo import DEFAULT_NAME, SAMPLE_TOP1
+from tskit.client import read_keys
 
 MODEL = DEFAULT_NAME
 
@@ -105,3 +106,43 @@ def test_cli_reads_the_key_file(server, photos):
     assert "espresso" in predict.stdout
     status = subprocess.run([sys.executable, "-m", "tskit.cli", "status", *args], capture_output=True, text=True)
     assert status.returncode == 0 and "READY" in status.stdout
+
+
+def listening_addresses(ports: set[int]) -> dict[int, str]:
+    """{port: local address (hex, as the kernel writes it)} of the LISTEN sockets on `ports`."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port = local.rsplit(":", 1)
+                if state == "0A" and int(port, 16) in ports:
+                    found[int(port, 16)] = address
+    return found
+
+
+def test_every_listener_is_bound_to_loopback_only(server):
+    ports = {int(str(server.props[key]).rsplit(":", 1)[-1]) for key in
+             ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
+              "grpc_management_port")}
+    found = listening_addresses(ports)
+    assert set(found) == ports, f"not listening: {ports - set(found)}"
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1 in tcp and tcp6 (v4-mapped)
+    assert all(address in loopback for address in found.values()), found
+
+
+def test_a_wrong_or_misplaced_key_is_refused(server, photo_bytes):
+    c = server.client
+    keys = read_keys(server.workdir / "key_file.json")
+    for key in ("not-the-key", keys["management"]):  # the management key opens no inference door
+        r = requests.post(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"], timeout=30,
+                          headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"]
+
+
+def test_the_shipped_config_refuses_model_registration(server, e2e_store):
+    for method, path in (("POST", f"/models?url={MODEL}.mar&model_name=again"), ("DELETE", f"/models/{MODEL}")):
+        r = server.client.management(method, path)
+        assert r.status_code == 405, r.text
+        assert "not allowed" in r.json()["message"]
+    assert server.client.ready_workers(MODEL) == 2  # still serving
