@@ -29,9 +29,7 @@ def decode_image(data: bytes, draft_size: int = 0) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
-            image = ImageOps.exif_transpose(image)
-            if image.mode != "RGB":
-                image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+            image = to_rgb(ImageOps.exif_transpose(image))
             image.load()
             return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -41,6 +39,19 @@ def decode_image(data: bytes, draft_size: int = 0) -> Image.Image:
                        kind="UnsupportedMediaType") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise BadInput(f"image could not be decoded: {err}", kind="CorruptImage") from None
+
+
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale PNG/TIFF open as one of these
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB. 16-bit grayscale is scaled down first (Pillow's own conversion clips it to
+    white); palettes go through RGBA so a transparent palette entry keeps its colour."""
+    if image.mode in WIDE_GRAY_MODES:
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).clip(0, 255).astype(np.uint8))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, resize: int, crop: int) -> np.ndarray:

@@ -5,6 +5,7 @@ name (`data` by convention), a JSON body already decoded, a text body as `str`.
 """
 import base64
 import binascii
+import json
 
 from handlers.errors import BadInput
 
@@ -36,8 +37,19 @@ def request_bytes(request: dict) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         if not value:
             raise BadInput("empty request body")
+        reject_broken_json(value)
         return bytes(value)
     raise BadInput(f"unsupported payload of type {type(value).__name__}: send bytes or base64 in JSON")
+
+
+def reject_broken_json(data: bytes) -> None:
+    """A JSON body reaches the handler decoded; one that arrives as bytes yet opens like a JSON object or
+    array failed TorchServe's parse (no image format starts with `{` or `[`): say so, not "not an image"."""
+    if data.lstrip()[:1] in (b"{", b"["):
+        try:
+            json.loads(data)
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise BadInput(f"body is not valid JSON: {err}", kind="MalformedJSON") from None
 
 
 def unwrap_json(body: dict, keys: tuple, what: str):
@@ -54,7 +66,8 @@ def decode_base64(text: str) -> bytes:
     try:
         data = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise BadInput("payload is not valid base64", kind="InvalidBase64") from None
+        raise BadInput("payload is not valid base64: send the raw file as the body, or base64 in JSON as "
+                       "{\"data\": \"...\"}", kind="InvalidBase64") from None
     if not data:
         raise BadInput("base64 payload is empty")
     return data
