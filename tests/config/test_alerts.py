@@ -3,20 +3,15 @@ installed) rules that fire when they should. tests/e2e/test_serve.py checks the 
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
-ALERTS = CONFIG / "alerts.yml"
-PROMETHEUS_OWN = {"up"}  # series Prometheus itself adds to every scrape
+from tskit.alerts import ALERTS_FILE, alert_metric_names, alert_rules, metric_names
+
+CONFIG = ALERTS_FILE.parent
 SEVERITIES = {"warning", "critical"}
 DURATION = re.compile(r"^\d+[smhd]$")
-
-
-def rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
 
 
 def declared_metrics() -> set[str]:
@@ -25,28 +20,12 @@ def declared_metrics() -> set[str]:
     return {m["name"] for section in ("ts_metrics", "model_metrics") for kind in config[section].values() for m in kind}
 
 
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression reads: identifiers that are not functions, keywords, label names or
-    durations."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # string literals
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
-    words = re.findall(r"(?<![\w.])([A-Za-z_:][\w:]*)\s*(\()?", expr)
-    keywords = {"and", "or", "unless", "bool", "offset"}
-    return {word for word, call in words if not call and word not in keywords}
-
-
-def alert_metric_names() -> set[str]:
-    return set().union(*(metric_names(rule["expr"]) for rule in rules()))
-
-
 def test_rules_are_well_formed():
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
     assert groups and all(group["name"] and group["rules"] for group in groups)
-    names = [rule["alert"] for rule in rules()]
+    names = [rule["alert"] for rule in alert_rules()]
     assert len(names) == len(set(names))
-    for rule in rules():
+    for rule in alert_rules():
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
         assert isinstance(rule["expr"], str) and rule["expr"].strip()
         assert DURATION.match(rule.get("for", "0s")), rule
@@ -63,7 +42,7 @@ def test_the_alerts_cover_drift_errors_latency_and_worker_restarts():
 def test_every_metric_an_alert_reads_is_declared():
     assert metric_names('sum by (ModelName) (rate(TskitBadInput{Kind="x"}[10m])) / on (a) b_total > 0.1') == {
         "TskitBadInput", "b_total"}
-    assert alert_metric_names() - PROMETHEUS_OWN <= declared_metrics(), alert_metric_names() - declared_metrics()
+    assert alert_metric_names() <= declared_metrics(), alert_metric_names() - declared_metrics()
 
 
 PROMTOOL = shutil.which("promtool")
@@ -100,8 +79,8 @@ PROMTOOL_TESTS = {
 
 
 @needs_promtool
-def test_promtool_accepts_the_rules():
-    result = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+def test_promtool_accepts_the_alert_rules():
+    result = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS_FILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -109,7 +88,7 @@ def test_promtool_accepts_the_rules():
 def test_alerts_fire_when_they_should(tmp_path):
     """promtool evaluates the rules over synthetic series. Annotations are left out of the copy it runs on
     (promtool compares them verbatim; the previous test checks their templates)."""
-    config = yaml.safe_load(ALERTS.read_text())
+    config = yaml.safe_load(ALERTS_FILE.read_text())
     for group in config["groups"]:
         for rule in group["rules"]:
             rule.pop("annotations")
