@@ -129,9 +129,10 @@ class ImageClassifier(TskitHandler):
                 for i, t in enumerate(targets)]
 
     def drift_features(self, batch: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """Per-channel mean and spread of the normalised input: brightness, tint and contrast shifts."""
-        x = batch.float()
-        return DRIFT_FEATURES, torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+        """Per-channel mean and spread of the normalised input (brightness, tint, contrast), over every 4th
+        pixel each way: 1 ms per batch of 8 instead of 17 for all pixels, on one core."""
+        var, mean = torch.var_mean(batch[:, :, ::4, ::4].float(), dim=(2, 3), correction=0)
+        return DRIFT_FEATURES, torch.cat([mean, var.sqrt()], dim=1)
 
     def example_items(self, n: int) -> list:
         crop = self.config["crop"]
