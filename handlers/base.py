@@ -11,7 +11,8 @@ answered). A task subclass fills in five hooks:
     respond(outputs) -> list  the model's batch output to one JSON-able response per item
     example_items(n) -> list  n synthetic decoded items, for warm-up
 
-and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`).
+and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`). Two optional
+hooks feed drift monitoring (handlers/drift.py): `drift_features(batch)` and `drift_output_features(outputs)`.
 """
 import logging
 import os
