@@ -36,6 +36,8 @@ class ArchiveSpec:
     version: str = "1.0"
     extra_files: list[str] = field(default_factory=list)
     golden_inputs: list[GoldenInput] = field(default_factory=list)
+    # requests whose drift statistics become the archive's tskit-reference.json (export/reference.py)
+    reference_inputs: list[GoldenInput] = field(default_factory=list)
 
 
 def archiver_command() -> list[str]:
@@ -107,5 +109,5 @@ def build_archive(spec: ArchiveSpec) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
         mar = Path(spec.export_path) / f"{spec.name}.mar"
-        seal_archive(mar, spec.golden_inputs, config, stage)
+        seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs)
     return mar

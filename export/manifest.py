@@ -6,7 +6,9 @@ from importlib import metadata
 from pathlib import Path
 
 from export.golden import TOLERANCE
+from export.reference import compute_reference
 from export.replay import replay
+from handlers.drift import REFERENCE_NAME
 from handlers.integrity import MANIFEST_NAME, file_hashes
 from handlers.loading import detect_format
 from tskit.testing import unpack_archive
@@ -24,10 +26,25 @@ def environment() -> dict[str, str | None]:
     return env
 
 
-def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path) -> dict:
-    """Hash every file of the built archive, replay its golden inputs through its own handler, and add
-    the manifest to the archive. Returns the manifest."""
+def add_reference(mar: Path, unpacked: Path, inputs: list, work_dir: Path) -> dict | None:
+    """Compute the drift reference of `inputs` with the archive's own handler and add it to the archive."""
+    if not inputs:
+        return None
+    stats = compute_reference(unpacked, inputs, work_dir)
+    text = json.dumps(stats, indent=1)
+    (unpacked / REFERENCE_NAME).write_text(text)
+    with zipfile.ZipFile(mar, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(REFERENCE_NAME, text)
+    return {"file": REFERENCE_NAME, "inputs": stats["inputs"], "rows": stats["rows"],
+            "features": [f["name"] for f in stats["features"]]}
+
+
+def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, reference_inputs: list = ()) -> dict:
+    """Add the drift reference (if reference inputs are given), hash every file of the built archive,
+    replay its golden inputs through its own handler, and add the manifest to the archive. Returns the
+    manifest."""
     unpacked = unpack_archive(mar, work_dir / "unpacked")
+    reference = add_reference(mar, unpacked, list(reference_inputs), work_dir)
     info = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
     model_file = info.get("modelFile")
     fmt = detect_format(str(unpacked / info["serializedFile"]), str(unpacked / model_file) if model_file else None)
@@ -39,6 +56,7 @@ def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path) -> dict:
         "environment": environment(),
         "preprocessing": config.get("handler", {}),
         "golden": {"precision": None, "tolerance": None, "cases": []},
+        "reference": reference,
     }
     if golden:
         cases = [{"input": f"golden/{g.name}", "content_type": g.content_type} for g in golden]

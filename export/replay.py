@@ -15,15 +15,21 @@ import sys
 from pathlib import Path
 
 
-def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> dict:
+def run_in_fresh_python(module: str, model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> dict:
+    """`python -m MODULE MODEL_DIR CASES.json OUT.json` in a new interpreter; returns OUT.json."""
     work = Path(work_dir)
-    cases_file, out_file = work / "replay-cases.json", work / "replay-out.json"
+    stem = module.rsplit(".", 1)[-1]
+    cases_file, out_file = work / f"{stem}-cases.json", work / f"{stem}-out.json"
     cases_file.write_text(json.dumps(cases))
-    result = subprocess.run([sys.executable, "-m", "export.replay", str(model_dir), str(cases_file), str(out_file)],
+    result = subprocess.run([sys.executable, "-m", module, str(model_dir), str(cases_file), str(out_file)],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"replaying the archive's handler failed:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"running the archive's handler ({module}) failed:\n{result.stderr[-4000:]}")
     return json.loads(out_file.read_text())
+
+
+def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> dict:
+    return run_in_fresh_python("export.replay", model_dir, cases, work_dir)
 
 
 def handler_class(model_dir: Path):

@@ -11,15 +11,18 @@ answered). A task subclass fills in five hooks:
     respond(outputs) -> list  the model's batch output to one JSON-able response per item
     example_items(n) -> list  n synthetic decoded items, for warm-up
 
-and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`).
+and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`). Two optional
+hooks feed drift monitoring (handlers/drift.py): `drift_features(batch)` and `drift_output_features(outputs)`.
 """
 import logging
 import os
 import time
 
+import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, export_gauges, read_reference
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import is_explain
 from handlers.integrity import MANIFEST_NAME, check_integrity
@@ -41,6 +44,7 @@ BASE_CONFIG = {
     "model_class": "",  # nn.Module to build from the model file, when it defines several
     "channels_last": False,  # NHWC memory format for 4-D inputs
     "warmup": True,  # one forward pass per batch shape before the worker reports READY
+    **DRIFT_CONFIG,  # drift_window, drift_min_count, drift_every, drift_threshold (handlers/drift.py)
 }
 
 
@@ -105,6 +109,7 @@ class TskitHandler(BaseHandler):
             self.model = self.model.to(memory_format=torch.channels_last)
 
         self.setup(model_dir)
+        self.drift = self.drift_monitor(model_dir)
         if self.config["warmup"]:
             self.warmup()
         self.initialized = True
@@ -128,6 +133,17 @@ class TskitHandler(BaseHandler):
 
     def example_items(self, n: int) -> list:
         raise NotImplementedError
+
+    def drift_features(self, batch) -> tuple[list[str], torch.Tensor] | None:
+        """(names, [N, F] values) describing the collated batch, for drift monitoring; None = no drift."""
+        return None
+
+    def drift_output_features(self, outputs) -> tuple[list[str], torch.Tensor] | None:
+        """(names, [N, G]) describing the model's outputs: by default the top-1 probability of a handler
+        with `labels` whose model returns [N, classes] logits."""
+        if getattr(self, "labels", None) and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
+            return ["top1_probability"], torch.softmax(outputs.float(), dim=1).amax(dim=1, keepdim=True)
+        return None
 
     # ---- shared machinery ----------------------------------------------------------------------
     def forward(self, batch: torch.Tensor):
@@ -175,6 +191,7 @@ class TskitHandler(BaseHandler):
             t2 = time.perf_counter()
             for i, response in zip(positions, self.respond(outputs)):
                 responses[i] = response
+            self.watch_drift(batch, outputs)
             t3 = time.perf_counter()
         stage_ms = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000}
         record_batch(context, stage_ms, len(data), rejected)
@@ -182,6 +199,52 @@ class TskitHandler(BaseHandler):
                     len(data), ",".join(self.request_id(i) for i in range(len(data))), stage_ms["preprocess"],
                     stage_ms["inference"], stage_ms["postprocess"], len(rejected))
         return responses
+
+    def drift_rows(self, batch, outputs) -> tuple[list[str], np.ndarray] | None:
+        """The drift features of one batch, inputs then outputs: what the reference and the window hold."""
+        parts = [p for p in (self.drift_features(batch), self.drift_output_features(outputs)) if p is not None]
+        if not parts:
+            return None
+        names = [name for part_names, _ in parts for name in part_names]
+        values = torch.cat([v.detach().float().reshape(len(v), -1).cpu() for _, v in parts], dim=1)
+        return names, values.numpy()
+
+    def drift_monitor(self, model_dir: str) -> DriftMonitor | None:
+        reference = read_reference(model_dir)
+        if reference is None:
+            logger.info("drift monitoring off: no %s in the archive (tskit build --reference)", REFERENCE_NAME)
+            return None
+        cfg = self.config
+        if min(cfg["drift_window"], cfg["drift_min_count"], cfg["drift_every"]) < 1 or cfg["drift_threshold"] <= 0:
+            raise ConfigError("handler config: drift_window, drift_min_count, drift_every >= 1, drift_threshold > 0")
+        monitor = DriftMonitor(reference, cfg["drift_window"], cfg["drift_min_count"], cfg["drift_every"],
+                               cfg["drift_threshold"])
+        logger.info("drift monitoring on %d features (%s), window %d rows, threshold %.2f", len(monitor.names),
+                    ", ".join(monitor.names[:8]) + (", ..." if len(monitor.names) > 8 else ""), monitor.window,
+                    monitor.threshold)
+        return monitor
+
+    def watch_drift(self, batch, outputs) -> None:
+        """Add the batch to the drift window and, when due, export the PSI gauges. Never fails a batch: on
+        an error drift monitoring turns off for this worker, with the reason in the log."""
+        if self.drift is None:
+            return
+        try:
+            rows = self.drift_rows(batch, outputs)
+            if rows is None or rows[0] != self.drift.names:
+                raise ValueError(f"the handler's drift features {rows and rows[0]} are not the reference's "
+                                 f"{self.drift.names}")
+            if not self.drift.observe(rows[1]):
+                return
+            values = self.drift.score()
+            export_gauges(self.context, self.drift.names, values)
+            if self.drift.should_warn():
+                logger.warning("input drift: PSI above %.2f for %s over the last %d rows (worst: %s)",
+                               self.drift.threshold, ", ".join(self.drift.drifted), self.drift.filled,
+                               self.drift.report())
+        except Exception:
+            logger.exception("drift monitoring failed and is now off for this worker")
+            self.drift = None
 
     def answer_explanations(self, data, items, positions, responses, rejected):
         """Requests sent to /explanations are answered by `explain_items` (BaseHandler already uses the name

@@ -30,6 +30,7 @@ DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "u
 SCHEMA_KEYS = {"shape", "dtype", "input_name", "max_rows", "feature_names", "labels"}
 ROW_KEYS = ("data", "inputs", "instances")
 NPY_MAGIC = b"\x93NUMPY"
+MAX_DRIFT_FEATURES = 64  # wider examples are described by their mean and spread instead
 READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -294,6 +295,13 @@ class TensorHandler(TskitHandler):
         probs = torch.softmax(logits, dim=1)
         values, indices = probs.topk(min(self.config["topk"], probs.shape[1]), dim=1)
         return [{self.labels[i]: p for p, i in zip(v, ix)} for v, ix in zip(values.tolist(), indices.tolist())]
+
+    def drift_features(self, batch: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Every input feature of every row (examples wider than MAX_DRIFT_FEATURES: their mean and std)."""
+        x = batch.reshape(len(batch), -1).float()
+        if x.shape[1] > MAX_DRIFT_FEATURES:
+            return ["mean", "std"], torch.stack([x.mean(dim=1), x.std(dim=1)], dim=1)
+        return self.feature_names or [f"x{i}" for i in range(x.shape[1])], x
 
     def example_items(self, n: int) -> list:
         return [(np.zeros((1, *self.shape), dtype=self.np_dtype), True) for _ in range(n)]

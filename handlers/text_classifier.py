@@ -115,6 +115,12 @@ class TextClassifier(TskitHandler):
         return [{self.labels[i]: p for p, i in zip(v.tolist(), ix.tolist())}
                 for v, ix in zip(values.cpu(), indices.cpu())]
 
+    def drift_features(self, batch: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Tokens per text (after the cut to max_length) and the share of them not in the vocabulary."""
+        tokens = (batch != self.pad_id).sum(dim=1).float()
+        unknown = (batch == int(self.vocab["unk_id"])).sum(dim=1).float()
+        return ["tokens", "unknown_rate"], torch.stack([tokens, unknown / tokens.clamp_min(1)], dim=1)
+
     def example_items(self, n: int) -> list:
         unk = int(self.vocab["unk_id"])
         return [torch.full((1 + i % 16,), unk, dtype=torch.long) for i in range(n)]

@@ -12,12 +12,14 @@ from tskit.properties import read_properties
 def cmd_build(args) -> int:
     from export.archive import ArchiveSpec, build_archive, read_config
     from export.golden import inputs_from_files
+    from export.reference import read_reference_inputs
 
     spec = ArchiveSpec(
         name=args.name, serialized_file=args.serialized_file, handler=args.handler,
         model_file=args.model_file, labels=args.labels, config=read_config(args.config),
         export_path=args.export_path, version=args.version, extra_files=args.extra_files,
         golden_inputs=inputs_from_files(args.golden or []),
+        reference_inputs=read_reference_inputs(args.reference) if args.reference else [],
     )
     print(build_archive(spec))
     return 0
@@ -308,6 +310,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--extra-files", nargs="*", default=[], help="more files for the archive root (vocabulary, schema)")
     b.add_argument("--golden", nargs="*", help="real inputs (files or folders) whose answers are stored as golden "
                                               "cases; `tskit verify` and `tskit rollout` replay them")
+    b.add_argument("--reference", help="drift reference inputs: a folder (a request per file), a .jsonl file "
+                                       "(a JSON request per line) or one file; stored as tskit-reference.json")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")

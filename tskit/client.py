@@ -4,6 +4,7 @@ TorchServe 0.12 writes `key_file.json` in the directory it starts in; every call
 key as `Authorization: Bearer ...`.
 """
 import json
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,25 @@ DEFAULT_ADDRESSES = {
 
 class ServerError(RuntimeError):
     pass
+
+
+SAMPLE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text exposition to {metric name: [(labels, value)]}; a metric TorchServe declares but has no
+    sample of yet (its `# TYPE` line only) maps to []."""
+    out: dict[str, list] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            out.setdefault(line.split()[2], [])
+            continue
+        match = SAMPLE.match(line.strip())
+        if match and not line.startswith("#"):
+            name, labels, value = match.groups()
+            out.setdefault(name, []).append((dict(LABEL.findall(labels or "")), float(value)))
+    return out
 
 
 def read_keys(key_file: str | Path) -> dict[str, str]:
@@ -95,6 +115,24 @@ class TorchServeClient:
         r = self.session.get(f"{self.metrics_url}/metrics", timeout=self.timeout)
         r.raise_for_status()
         return r.text
+
+    def metric_samples(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        return parse_prometheus(self.metrics())
+
+    def metric_by(self, name: str, by: str, **labels: str) -> dict[str, float]:
+        """{value of label `by`: sample} for the samples of metric `name` that carry `labels`."""
+        return {sample[by]: value for sample, value in self.metric_samples().get(name, [])
+                if by in sample and all(sample.get(k) == v for k, v in labels.items())}
+
+    def wait_metric(self, name: str, by: str, until, timeout: float = 15, **labels: str) -> dict[str, float]:
+        """`metric_by` once `until(values)` holds (workers report metrics through their log, so a scrape can
+        trail the answer by a moment); the last reading when `timeout` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            values = self.metric_by(name, by, **labels)
+            if until(values) or time.monotonic() > deadline:
+                return values
+            time.sleep(0.25)
 
     def wait_ready(self, model: str, workers: int = 1, timeout: float = 300, proc=None) -> None:
         """Block until `model` has `workers` READY workers; raise early if `proc` (the server) exits."""

@@ -69,7 +69,13 @@ def default_spec(export_path: str, work_dir: Path, fmt: str = "eager") -> Archiv
         config=read_config(str(CONFIG_DIR / f"{DEFAULT_NAME}.yaml")),
         export_path=export_path,
         golden_inputs=golden_photos(),
+        reference_inputs=reference_photos(),
     )
+
+
+def reference_photos() -> list[GoldenInput]:
+    """The drift reference of the default model: the accuracy guard's 96 real photo views."""
+    return [GoldenInput(name, data, "image/jpeg") for name, data in guard_images().items()]
 
 
 def golden_photos(max_side: int = 320) -> list[GoldenInput]:

@@ -102,7 +102,15 @@ def tabular_spec(export_path: str, work_dir: Path) -> ArchiveSpec:
         export_path=str(export_path),
         extra_files=[str(schema)],
         golden_inputs=golden_rows(),
+        reference_inputs=training_rows(),
     )
+
+
+def training_rows() -> list[GoldenInput]:
+    """The training rows, one JSON request each: the archive's drift reference."""
+    x_train, _, _, _ = load_split()
+    return [GoldenInput(f"train-{i}.json", json.dumps(row.tolist()).encode(), "application/json")
+            for i, row in enumerate(x_train)]
 
 
 def golden_rows(n: int = 4) -> list[GoldenInput]:

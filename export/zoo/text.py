@@ -167,7 +167,14 @@ def golden_texts(per_label: int = 2) -> list[GoldenInput]:
 def text_spec(export_path: str, weights: Path, vocab_path: Path) -> ArchiveSpec:
     return ArchiveSpec(name=TEXT_NAME, serialized_file=str(weights), model_file=str(ZOO_DIR / "text_cnn.py"),
                        handler="text_classifier", config=json.loads(json.dumps(ARCHIVE_CONFIG)),
-                       export_path=export_path, extra_files=[str(vocab_path)], golden_inputs=golden_texts())
+                       export_path=export_path, extra_files=[str(vocab_path)], golden_inputs=golden_texts(),
+                       reference_inputs=training_texts())
+
+
+def training_texts() -> list[GoldenInput]:
+    """The training messages: the archive's drift reference."""
+    train_rows, _ = load_split()
+    return [GoldenInput(f"train-{i}.txt", text.encode("utf-8"), "text/plain") for i, (text, _) in enumerate(train_rows)]
 
 
 def build_text_archive(export_path: str, work_dir: Path) -> Path:

@@ -4,21 +4,33 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from export.zoo import (CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, sample_photos,
-                        write_imagenet_labels)
+from export.zoo import (CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, reference_photos,
+                        sample_photos, write_imagenet_labels)
 from tskit.server import TorchServeProcess
 
 REPO = CONFIG_DIR.parent
 TSKIT = [sys.executable, "-m", "tskit.cli"]
+# drift windows small enough for a test to fill them (per worker); the rest is the shipped config
+E2E_DRIFT = {"drift_window": 48, "drift_min_count": 24, "drift_every": 8}
 
 
 def tskit_build(store: Path, work: Path) -> Path:
+    """The default archive through the CLI, with the guard photos as its drift reference."""
     labels = write_imagenet_labels(work / "index_to_name.json")
+    reference = work / "reference"
+    reference.mkdir()
+    for photo in reference_photos():
+        (reference / photo.name).write_bytes(photo.payload)
+    config = yaml.safe_load((CONFIG_DIR / f"{DEFAULT_NAME}.yaml").read_text())
+    config["handler"].update(E2E_DRIFT)
+    (work / "model-config.yaml").write_text(yaml.safe_dump(config))
     cmd = TSKIT + ["build", DEFAULT_NAME, "--serialized-file", efficientnet_lite0_weights(),
                    "--model-file", str(ZOO_DIR / "efficientnet_lite0.py"), "--handler", "image_classifier",
-                   "--labels", str(labels), "--config", str(CONFIG_DIR / f"{DEFAULT_NAME}.yaml"),
-                   "--export-path", str(store), "--golden", *map(str, sample_photos().values())]
+                   "--labels", str(labels), "--config", str(work / "model-config.yaml"),
+                   "--export-path", str(store), "--reference", str(reference),
+                   "--golden", *map(str, sample_photos().values())]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip().splitlines()[-1])

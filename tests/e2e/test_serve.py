@@ -1,13 +1,17 @@
 """The default archive, built by `tskit build`, served by a real TorchServe over real HTTP."""
 import base64
 import concurrent.futures
+import io
+import random
 import subprocess
 import sys
 
 import pytest
 import requests
+from PIL import Image, ImageEnhance, ImageOps
 
-from export.zoo import DEFAULT_NAME, SAMPLE_TOP1
+from export.zoo import DEFAULT_NAME, SAMPLE_TOP1, guard_images
+from tskit.alerts import alert_metric_names
 from tskit.client import read_keys
 
 MODEL = DEFAULT_NAME
@@ -146,3 +150,36 @@ def test_the_shipped_config_refuses_model_registration(server, e2e_store):
         assert r.status_code == 405, r.text
         assert "not allowed" in r.json()["message"]
     assert server.client.ready_workers(MODEL) == 2  # still serving
+
+
+def test_drift_gauge_rises_with_darkened_photos(server):
+    """The archive's reference is the guard photos; each worker scores its last 48 requests (E2E_DRIFT)."""
+    photos = [ImageOps.mirror(Image.open(io.BytesIO(data)).convert("RGB")) for data in guard_images().values()]
+    random.Random(0).shuffle(photos)  # each worker's window then holds a spread of the photos
+
+    def send(images) -> None:
+        bodies = []
+        for image in images:
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=85)
+            bodies.append(buf.getvalue())
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert all(r.status_code == 200 for r in pool.map(lambda b: server.client.predict(MODEL, b), bodies))
+
+    channels = ("red_mean", "green_mean", "blue_mean")
+    send(photos)  # in distribution: mirrored reference photos, about half of them per worker
+    before = server.client.wait_metric("TskitDriftPSI", "Feature", lambda v: all(v.get(c, 9) < 1.0 for c in channels),
+                                       ModelName=MODEL)
+    send([ImageEnhance.Brightness(p).enhance(0.4) for p in photos])
+    after = server.client.wait_metric("TskitDriftPSI", "Feature", lambda v: min(v[c] for c in channels) > 2.0,
+                                      ModelName=MODEL)
+    for channel in channels:
+        assert before[channel] < 1.0 < 2.0 < after[channel], (before, after)
+    assert "input drift: PSI above 0.20 for red_mean, green_mean, blue_mean" in server.log()
+
+
+def test_every_metric_the_alerts_read_is_exported(server):
+    """config/alerts.yml against a live scrape: TorchServe lists every declared metric (a `# TYPE` line even
+    before its first sample)."""
+    missing = alert_metric_names() - set(server.client.metric_samples())
+    assert not missing, f"alerts read metrics this TorchServe does not export: {missing}"

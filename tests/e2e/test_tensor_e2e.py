@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save as safetensors_bytes
 
-from export.zoo.tabular import TABULAR_NAME, ZOO_DIR, export_files, load_split
+from export.zoo.tabular import TABULAR_NAME, ZOO_DIR, dataset_info, export_files, load_split
 from export.zoo.tabular_mlp import TabularMLP
 from tskit.server import TorchServeProcess
 
@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = TABULAR_NAME
 LABELS = ["malignant", "benign"]
 BATCHING = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10}
+HELD_OUT_ROWS = 143
+# one window = the held-out set; scored after every batch once full
+DRIFT = {"drift_window": HELD_OUT_ROWS, "drift_min_count": HELD_OUT_ROWS, "drift_every": 1}
 MODELS_JSON = json.dumps({MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **BATCHING}}})
 
 
@@ -35,10 +38,13 @@ def server(trained, tmp_path_factory):
     store = tmp_path_factory.mktemp("tabular-store")
     # TorchServe 0.12 takes batching from the archive's model-config.yaml over config.properties' models=
     config = tmp_path_factory.mktemp("tabular-config") / "model-config.yaml"
-    config.write_text(yaml.safe_dump({**BATCHING, "handler": {"topk": 2}}))
+    config.write_text(yaml.safe_dump({**BATCHING, "handler": {"topk": 2, **DRIFT}}))
+    reference = config.with_name("training-rows.jsonl")  # the drift reference: one JSON row per line
+    reference.write_text("\n".join(json.dumps(row.tolist()) for row in load_split()[0]))
     cmd = [sys.executable, "-m", "tskit.cli", "build", MODEL, "--serialized-file", str(weights),
            "--model-file", str(ZOO_DIR / "tabular_mlp.py"), "--handler", "tensor",
-           "--extra-files", str(schema), "--config", str(config), "--export-path", str(store)]
+           "--extra-files", str(schema), "--config", str(config), "--export-path", str(store),
+           "--reference", str(reference)]
     built = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert built.returncode == 0, built.stderr
     ts = TorchServeProcess(tmp_path_factory.mktemp("tabular-ts"), REPO / "config.properties", store,
@@ -112,4 +118,23 @@ def test_bad_rows_get_a_json_400_alone_and_the_worker_survives(server, expected)
     assert [top1(r) for r in responses[3:]] == model_top1[:5]
     assert server.client.ready_workers(MODEL) == 1
     assert "loaded eager model" in server.log()
+
+
+
+def test_drift_gauges_stay_low_on_held_out_rows_and_rise_on_rescaled_ones(server, expected):
+    x_test = expected[0]
+    assert len(x_test) == HELD_OUT_ROWS
+    assert post(server, json={"inputs": x_test.tolist()}).status_code == 200  # one request: the window is the set
+    held_out = server.client.wait_metric("TskitDriftPSI", "Feature", lambda v: len(v) == 31, ModelName=MODEL)
+    assert len(held_out) == 31 and max(held_out.values()) < 0.2, held_out
+    shifted = x_test.copy()
+    texture = [i for i, name in enumerate(dataset_info()["feature_names"]) if "texture" in name]
+    shifted[:, texture] *= 1.25
+    assert post(server, json={"inputs": shifted.tolist()}).status_code == 200
+    texture_drift = {"mean texture", "texture error", "worst texture"}
+    after = server.client.wait_metric("TskitDriftPSI", "Feature", lambda v: min(v[f] for f in texture_drift) > 0.2,
+                                      ModelName=MODEL)
+    assert {name for name, value in after.items() if value > 0.2} == texture_drift, after
+    assert server.client.metric_by("TskitDriftMax", "ModelName") == {MODEL: max(after.values())}
+    assert "input drift: PSI above 0.20 for mean texture, texture error, worst texture" in server.log()
 

@@ -283,3 +283,26 @@ def test_schema_that_is_not_json_is_a_config_error(tmp_path):
     (tmp_path / "schema.json").write_text("{shape: [30]")
     with pytest.raises(ConfigError, match="not valid JSON"):
         read_schema(str(tmp_path / "schema.json"))
+
+
+def test_drift_held_out_rows_stay_low_rescaled_texture_drifts(model_dir, split, caplog):
+    """Reference: the training rows (tskit-reference.json). Held-out rows are in distribution; a texture
+    measured on a 25% larger scale is not."""
+    _, x_test, _, _ = split
+    n = len(x_test)
+    drift = {"drift_window": n, "drift_min_count": n, "drift_every": n}
+    handler = load_handler(TensorHandler, model_dir, batch_size=4, yaml_overrides={"handler": drift})
+    assert handler.drift.names == handler.feature_names + ["top1_probability"]
+
+    def psi_after(rows) -> dict[str, float]:
+        answer_rows(handler, rows)
+        return dict(zip(handler.drift.names, handler.drift.last))
+
+    held_out = psi_after(x_test)
+    assert max(held_out.values()) < handler.drift.threshold, held_out
+    texture = [i for i, name in enumerate(handler.feature_names) if "texture" in name]
+    shifted = x_test.copy()
+    shifted[:, texture] *= 1.25
+    after = psi_after(shifted)
+    assert sorted(handler.drift.drifted) == sorted(handler.feature_names[i] for i in texture), after
+    assert "input drift: PSI above 0.20 for mean texture, texture error, worst texture" in caplog.text

@@ -181,3 +181,23 @@ def test_bad_config_fails_the_load_with_a_fix(text_model_dir, section, fragment)
     with pytest.raises(ConfigError) as err:
         load_handler(TextClassifier, text_model_dir, yaml_overrides={"handler": section})
     assert fragment in str(err.value)
+
+
+def test_drift_held_out_messages_stay_low_scrambled_words_drift(text_model_dir, held_out, caplog):
+    """Reference: the training messages. Held-out messages are in distribution; the same messages with every
+    word spelt backwards keep their lengths but fall out of the vocabulary."""
+    n = len(held_out)
+    drift = {"drift_window": n, "drift_min_count": n, "drift_every": n}
+    handler = load_handler(TextClassifier, text_model_dir, yaml_overrides={"handler": drift})
+
+    def psi_after(texts) -> dict[str, float]:
+        for start in range(0, n, 32):
+            results = run_batch(handler, [{"body": t.encode()} for t in texts[start:start + 32]])
+            assert all(status == 200 for status, _ in results)
+        return dict(zip(handler.drift.names, handler.drift.last))
+
+    same = psi_after([t for t, _ in held_out])
+    assert max(same.values()) < handler.drift.threshold and "input drift" not in caplog.text, same
+    scrambled = psi_after([re.sub(r"\w+", lambda m: m.group(0)[::-1], t) for t, _ in held_out])
+    assert scrambled["unknown_rate"] > 1.0 and scrambled["tokens"] < 0.05, scrambled
+    assert "input drift: PSI above 0.20 for unknown_rate" in caplog.text

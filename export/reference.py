@@ -1,0 +1,87 @@
+"""Drift reference statistics, computed at build time by the archive's OWN handler on reference inputs.
+
+The inputs go through the handler's `decode` and `collate` and the model, exactly as requests do, so the
+statistics (`handlers.drift.reference_stats` of `drift_rows`) describe the preprocessed representation the
+model sees. The result is stored in the archive as `tskit-reference.json` and hashed by its manifest.
+
+    python -m export.reference MODEL_DIR CASES.json OUT.json
+CASES.json: [{"input": "/path/of/payload", "content_type": "image/jpeg"}, ...]
+"""
+import json
+import mimetypes
+import sys
+from pathlib import Path
+
+from export.golden import GoldenInput
+from export.replay import handler_class, run_in_fresh_python
+
+BATCH = 16  # requests per handler batch while computing the reference
+
+
+def content_type(path: Path) -> str:
+    if path.suffix == ".json":
+        return "application/json"
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def read_reference_inputs(path: str | Path) -> list[GoldenInput]:
+    """`tskit build --reference`: a folder (every file one request), a `.jsonl` file (every line one JSON
+    request) or any other file (one request)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return [GoldenInput(p.name, p.read_bytes(), content_type(p)) for p in files]
+    if not path.is_file():
+        raise FileNotFoundError(f"reference inputs not found: {path}")
+    if path.suffix == ".jsonl":
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [GoldenInput(f"{path.stem}-{i}.json", line.encode("utf-8"), "application/json")
+                for i, line in enumerate(lines)]
+    return [GoldenInput(path.name, path.read_bytes(), content_type(path))]
+
+
+def compute_reference(model_dir: str | Path, inputs: list[GoldenInput], work_dir: str | Path) -> dict:
+    """Reference statistics of `inputs` through the unpacked archive at `model_dir`."""
+    folder = Path(work_dir) / "reference-inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i, item in enumerate(inputs):
+        path = folder / f"{i:05d}"
+        path.write_bytes(item.payload)
+        cases.append({"input": str(path.resolve()), "name": item.name, "content_type": item.content_type})
+    return run_in_fresh_python("export.reference", model_dir, cases, work_dir)
+
+
+def _main(model_dir: str, cases_file: str, out_file: str) -> None:
+    root = Path(model_dir).resolve()
+    sys.path.insert(0, str(root))  # the archive's handlers package wins over any installed one
+    import numpy as np
+
+    from export.golden import as_request
+    from handlers.drift import reference_stats
+    from handlers.errors import BadInput
+    from tskit.testing import load_handler
+
+    handler = load_handler(handler_class(root), root)
+    cases = json.loads(Path(cases_file).read_text())
+    names, chunks = None, []
+    for start in range(0, len(cases), BATCH):
+        items = []
+        for case in cases[start:start + BATCH]:
+            try:
+                items.append(handler.decode(as_request(Path(case["input"]).read_bytes(), case["content_type"])))
+            except BadInput as err:
+                sys.exit(f"reference input {case['name']} was refused ({err.status}): {err.message}")
+        batch = handler.collate(items)
+        rows = handler.drift_rows(batch, handler.forward(batch))
+        if rows is None:
+            sys.exit(f"{type(handler).__name__} describes no drift features: build without reference inputs")
+        names, values = rows
+        chunks.append(values)
+    stats = reference_stats(np.concatenate(chunks), names)
+    stats["inputs"] = len(cases)
+    Path(out_file).write_text(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:4])
