@@ -16,6 +16,7 @@ hooks feed drift monitoring (handlers/drift.py): `drift_features(batch)` and `dr
 """
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -28,6 +29,7 @@ from handlers.explain import is_explain
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
 from handlers.metrics import record_batch
+from handlers.protocol import answer_envelope, calling_envelope
 from handlers.runtime import (
     DTYPES,
     pick_device,
@@ -171,6 +173,14 @@ class TskitHandler(BaseHandler):
             self.forward(self.collate(self.example_items(n)))
 
     def handle(self, data, context):
+        """TorchServe's entry point: a batch of its requests, or the instances (inputs) of one KServe v1 (v2)
+        request when `service_envelope` unpacked it (handlers/protocol.py)."""
+        envelope = calling_envelope(sys._getframe(1))
+        if envelope is not None:
+            return answer_envelope(self, envelope, data, context)
+        return self.handle_requests(data, context)
+
+    def handle_requests(self, data, context):
         self.context = context
         t0 = time.perf_counter()
         responses: list = [None] * len(data)

@@ -12,6 +12,7 @@ from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import METHODS, attribute, differentiable_copy, heatmap_png, requested_target
 from handlers.payload import request_bytes
+from handlers.protocol import tensor_image
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -103,7 +104,9 @@ class ImageClassifier(TskitHandler):
         cfg = self.config
         # draft to twice the target: the DCT-scaled decode then still gets an antialiased PIL resize, which
         # keeps top-1 agreement with full decoding (tskit accuracy); photos under 2x resize decode in full
-        image = decode_image(request_bytes(request), 2 * cfg["resize"] if cfg["fast_decode"] else 0)
+        image = tensor_image(request)  # a v2 input of pixels, else None
+        if image is None:
+            image = decode_image(request_bytes(request), 2 * cfg["resize"] if cfg["fast_decode"] else 0)
         return torch.from_numpy(resize_center_crop(image, cfg["resize"], cfg["crop"]))
 
     def collate(self, items: list) -> torch.Tensor:

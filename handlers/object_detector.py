@@ -24,6 +24,7 @@ from handlers.base import TskitHandler
 from handlers.errors import ConfigError
 from handlers.image_classifier import decode_image, read_labels
 from handlers.payload import request_bytes
+from handlers.protocol import tensor_image
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +112,15 @@ class ObjectDetector(TskitHandler):
     def decode(self, request: dict) -> tuple[torch.Tensor, tuple[int, int]]:
         """One request to (resized HxWx3 uint8 image, original (width, height))."""
         cfg = self.config
-        data = request_bytes(request)
-        # draft to twice the target, as the image classifier does: the DCT-scaled decode still gets an
-        # antialiased resize afterwards
-        image = decode_image(data, 2 * cfg["min_size"] if cfg["fast_decode"] else 0)
-        original = upright_size(data) if cfg["fast_decode"] else image.size
+        image = tensor_image(request)  # a v2 input of pixels, else None
+        if image is not None:
+            original = image.size
+        else:
+            data = request_bytes(request)
+            # draft to twice the target, as the image classifier does: the DCT-scaled decode still gets an
+            # antialiased resize afterwards
+            image = decode_image(data, 2 * cfg["min_size"] if cfg["fast_decode"] else 0)
+            original = upright_size(data) if cfg["fast_decode"] else image.size
         size = fit_size(*original, cfg["min_size"], cfg["max_size"])
         if size != original:
             image = image.resize(size, Image.BILINEAR)

@@ -11,12 +11,15 @@ from handlers.errors import BadInput
 
 FIELDS = ("data", "body")
 B64_KEYS = ("b64", "data", "image", "bytes")
+REJECTED = "tskit_rejected"  # a BadInput found before decoding (handlers/protocol.py): the request fails with it
 
 
 def request_value(request: dict):
     """The request's payload: the `data` field, else the raw `body`."""
     if not isinstance(request, dict):
         raise BadInput("malformed request: expected a body or a multipart field named 'data'")
+    if isinstance(request.get(REJECTED), BadInput):
+        raise request[REJECTED]
     for field in FIELDS:
         if request.get(field) is not None:
             return request[field]

@@ -58,3 +58,22 @@ def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) 
     bodies = handler.handle(requests, context)
     assert len(bodies) == len(requests), "a handler must answer every request of the batch"
     return [(context.get_response_status(i)[0] or 200, body) for i, body in enumerate(bodies)]
+
+
+def run_envelope(handler, envelope: str, body, headers: dict | None = None) -> tuple[int, object]:
+    """One HTTP request through TorchServe's own request envelope (`kserve` or `kservev2`), as a worker started
+    with that `service_envelope` runs it: returns the request's (http status, body)."""
+    import importlib
+
+    from ts.model_loader import TsModelLoader
+
+    importlib.import_module(f"ts.torch_handler.request_envelope.{envelope}")
+    envelope_class = TsModelLoader()._load_default_envelope(envelope)
+    context = handler.context
+    context.request_processor = [RequestProcessor(headers or {})]
+    context.request_ids = {0: "tskit-test-0"}
+    if context.metrics is not None:
+        context.metrics.request_ids = context.request_ids
+    answers = envelope_class(handler.handle).handle([{"body": json.loads(json.dumps(body))}], context)
+    assert len(answers) == 1, "an envelope answers the one request it unpacked"
+    return context.get_response_status(0)[0] or 200, answers[0]
