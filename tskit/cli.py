@@ -294,6 +294,20 @@ def cmd_predict(args) -> int:
     return 0 if response.ok else 1
 
 
+def cmd_k8s(args) -> int:
+    from tskit.k8s import K8sSpec, write_layout
+
+    archive = Path(args.archive or Path(args.export_path) / f"{args.name}.mar")
+    if not archive.is_file():
+        raise FileNotFoundError(f"archive not found: {archive} (tskit build {args.name} first, or --archive)")
+    spec = K8sSpec(args.name, archive, Path(args.out or Path("k8s") / args.name), args.protocol, args.storage_uri,
+                   args.min_replicas, args.max_replicas, args.cpu, args.memory, args.canary, args.image,
+                   args.namespace)
+    for what, path in write_layout(spec).items():
+        print(f"{what:>16}  {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tskit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -436,6 +450,24 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("model")
     pr.add_argument("file")
     pr.set_defaults(func=cmd_predict)
+
+    k = sub.add_parser("k8s", help="KServe on Kubernetes: model-store/, config/config.properties, a Dockerfile and "
+                                   "an InferenceService (with storage credentials) for an archive")
+    k.add_argument("name", help="the model name (the archive is EXPORT_PATH/NAME.mar unless --archive)")
+    k.add_argument("--archive")
+    k.add_argument("--export-path", default="model_store")
+    k.add_argument("--out", help="output folder (default k8s/NAME)")
+    k.add_argument("--protocol", default="v2", choices=["v1", "v2"], help="KServe v1 or Open Inference Protocol v2")
+    k.add_argument("--storage-uri", default="", help="where the folder is uploaded (default s3://models/NAME)")
+    k.add_argument("--min-replicas", type=int, default=1)
+    k.add_argument("--max-replicas", type=int, default=3)
+    k.add_argument("--cpu", default="1", help="CPU request and limit per replica")
+    k.add_argument("--memory", default="2Gi", help="memory request and limit per replica")
+    k.add_argument("--canary", type=int, help="canaryTrafficPercent: the share of traffic a new storageUri gets")
+    k.add_argument("--image", default="", help="run this image (built from the Dockerfile) instead of KServe's "
+                                               "PyTorch runtime")
+    k.add_argument("--namespace", default="")
+    k.set_defaults(func=cmd_k8s)
     return p
 
 

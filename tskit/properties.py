@@ -27,5 +27,8 @@ def write_properties(path: str | Path, props: dict[str, str]) -> None:
 
 
 def model_settings(props: dict[str, str]) -> dict:
-    """The `models={...}` JSON: {model: {version: {minWorkers, batchSize, ...}}}."""
-    return json.loads(props["models"]) if props.get("models") else {}
+    """The `models={...}` JSON: {model: {version: {minWorkers, batchSize, ...}}}; without it, the models of a
+    `model_snapshot={...}` (as KServe's TorchServe configs carry them)."""
+    if props.get("models"):
+        return json.loads(props["models"])
+    return json.loads(props["model_snapshot"]).get("models", {}) if props.get("model_snapshot") else {}
