@@ -1,0 +1,60 @@
+"""Clients for the two KServe protocols against a live TorchServe: Open Inference Protocol (v2) through
+tritonclient's HTTP client, KServe v1 as plain JSON over HTTP (v1 has no client library of its own)."""
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import tritonclient.http as triton
+
+from tskit.server import TorchServeProcess
+
+REPO = Path(__file__).resolve().parent.parent
+
+DATATYPES = {np.dtype("uint8"): "UINT8", np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}
+
+
+def v2_client(server) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(urlparse(server.client.inference_url).netloc, network_timeout=120)
+
+
+def v2_input(name: str, value) -> triton.InferInput:
+    """A str or bytes becomes a BYTES input of shape [1]; an array keeps its dtype and shape."""
+    array = np.array([value], dtype=object) if isinstance(value, (str, bytes)) else np.asarray(value)
+    item = triton.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else DATATYPES[array.dtype])
+    item.set_data_from_numpy(array, binary_data=False)
+    return item
+
+
+def v2_infer(server, model: str, inputs: dict) -> dict:
+    """{input name: answer}: a JSON output decoded, an FP32 output as a flat array."""
+    result = v2_client(server).infer(model, [v2_input(name, value) for name, value in inputs.items()],
+                                     headers=server.client._headers("inference"))
+    answers = {}
+    for output in result.get_response()["outputs"]:
+        data = result.as_numpy(output["name"])
+        answers[output["name"]] = json.loads(data[0]) if output["datatype"] == "BYTES" else data
+    return answers
+
+
+def v1_predict(server, model: str, body: dict):
+    c = server.client
+    return c.session.post(f"{c.inference_url}/v1/models/{model}:predict", json=body,
+                          headers=c._headers("inference"), timeout=120)
+
+
+def v2_post(server, model: str, **kwargs):
+    """A raw v2 request, for what a client library would not send (bad inputs, broken bodies)."""
+    c = server.client
+    return c.session.post(f"{c.inference_url}/v2/models/{model}/infer", headers=c._headers("inference"),
+                          timeout=120, **kwargs)
+
+
+def kserve_server(store: Path, workdir: Path, envelope: str) -> TorchServeProcess:
+    """The shipped config.properties serving every archive of `store` behind `service_envelope=envelope`."""
+    names = sorted(p.stem for p in store.glob("*.mar"))
+    models = {n: {"1.0": {"defaultVersion": True, "marName": f"{n}.mar", "minWorkers": 1, "maxWorkers": 1,
+                          "batchSize": 1}} for n in names}
+    return TorchServeProcess(workdir, REPO / "config.properties", store, overrides={
+        "load_models": ",".join(f"{n}.mar" for n in names), "models": json.dumps(models),
+        "service_envelope": envelope, "ts_open_inference_protocol": "true"})
