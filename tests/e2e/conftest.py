@@ -1,4 +1,5 @@
 """End-to-end fixtures: archives built with the real `tskit build` CLI, served by a real TorchServe."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,21 +56,30 @@ def server(e2e_store, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kserve_store(e2e_store, tmp_path_factory):
-    """One archive per handler (the default image classifier, the spam text classifier, the tabular model and
-    the scene detector) as `tskit k8s` ships them: batchSize 1, since TorchServe's KServe envelopes answer
-    only the first request of a batch; one worker each."""
-    from export.variants import derive_archive
+def kserve_built(e2e_store, tmp_path_factory):
+    """One archive per handler, as built: the default image classifier, the spam text classifier, the tabular
+    model and the scene detector."""
     from export.zoo.detection import build_detector_archive
     from export.zoo.tabular import build_tabular_archive
     from export.zoo.text import build_text_archive
 
     work = tmp_path_factory.mktemp("kserve-build")
-    built = [e2e_store / f"{DEFAULT_NAME}.mar", build_text_archive(str(work / "built"), work / "text"),
-             build_tabular_archive(work / "built", work / "tabular"),
-             build_detector_archive(work / "built", work / "detector")]
-    store = work / "model_store"
-    for mar in built:
+    built = work / "built"
+    built.mkdir()
+    shutil.copy(e2e_store / f"{DEFAULT_NAME}.mar", built)
+    build_text_archive(str(built), work / "text")
+    build_tabular_archive(built, work / "tabular")
+    build_detector_archive(built, work / "detector")
+    return built
+
+
+@pytest.fixture(scope="session")
+def kserve_store(kserve_built, tmp_path_factory):
+    """`kserve_built` as `tskit k8s` ships archives: batchSize 1, since TorchServe's KServe envelopes answer
+    only the first request of a batch; one worker each."""
+    from export.variants import derive_archive
+
+    store = tmp_path_factory.mktemp("kserve-store")
+    for mar in kserve_built.glob("*.mar"):
         derive_archive(mar, store / mar.name, {"batchSize": 1, "minWorkers": 1, "maxWorkers": 1})
     return store
-

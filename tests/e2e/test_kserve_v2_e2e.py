@@ -2,10 +2,10 @@
 every handler, with tritonclient's HTTP client: BYTES (base64 files, text, JSON), UINT8 and FP32 tensors."""
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
-import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -90,7 +90,7 @@ def test_a_bad_input_is_answered_in_place_and_the_worker_survives(server):
     assert r.status_code == 400, r.text
     errors = {o["name"]: o["data"][0] for o in r.json()["outputs"]}
     assert '"EmptyText"' in errors["empty"] and "only the first element" in errors["two"]
-    assert set(__import__("json").loads(errors["ok"])) == {"ham", "spam"}
+    assert set(json.loads(errors["ok"])) == {"ham", "spam"}
     with pytest.raises(InferenceServerException) as raised:  # the v2 client sees the status
         v2_client(server).infer(TEXT_NAME, [v2_input("empty", " ")], headers=server.client._headers("inference"))
     assert "400" in str(raised.value.status())

@@ -1,6 +1,7 @@
 """KServe v1 and Open Inference Protocol (v2) requests in-process, through TorchServe's own `kserve` and
 `kservev2` envelope classes wrapping the handler as a worker started with `service_envelope` does."""
 import base64
+import io
 import json
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_v2_text_as_a_tensor_is_a_clear_400(text_handler):
 def test_image_as_base64_bytes_and_as_uint8_pixels(classifier, photo_bytes):
     png = photo_bytes["coffee.png"]
     [(_, plain)] = run_batch(classifier, [{"body": png}])
-    pixels = np.asarray(Image.open(__import__("io").BytesIO(png)).convert("RGB"))
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     request = {"inputs": [
         {"name": "file", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]},
         {"name": "pixels", "shape": list(pixels.shape), "datatype": "UINT8", "data": pixels.ravel().tolist()},
