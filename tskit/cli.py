@@ -295,6 +295,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_k8s(args) -> int:
+    import yaml
+
     from tskit.k8s import K8sSpec, write_layout
 
     archive = Path(args.archive or Path(args.export_path) / f"{args.name}.mar")
@@ -303,9 +305,17 @@ def cmd_k8s(args) -> int:
     spec = K8sSpec(args.name, archive, Path(args.out or Path("k8s") / args.name), args.protocol, args.storage_uri,
                    args.min_replicas, args.max_replicas, args.cpu, args.memory, args.canary, args.image,
                    args.namespace)
+    from tskit.schemas import schema_errors
+
+    failed = False
     for what, path in write_layout(spec).items():
-        print(f"{what:>16}  {path}")
-    return 0
+        manifest = path.suffix == ".yaml" and path.parent == spec.out
+        errors = schema_errors(yaml.safe_load(path.read_text())) if manifest else []
+        print(f"{what:>16}  {path}" + ("  (valid against config/schemas)" if manifest and not errors else ""))
+        for error in errors:
+            print(f"{'':>16}  invalid: {error}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 def parser() -> argparse.ArgumentParser:
