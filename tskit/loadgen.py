@@ -33,12 +33,7 @@ class LoadResult:
         return self.sent - self.ok
 
     def percentile(self, q: float) -> float | None:
-        if not self.latencies_ms:
-            return None
-        data = sorted(self.latencies_ms)
-        k = (len(data) - 1) * q
-        lo, hi = int(k), min(int(k) + 1, len(data) - 1)
-        return data[lo] + (data[hi] - data[lo]) * (k - lo)
+        return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict:
         return {
@@ -49,6 +44,16 @@ class LoadResult:
             "p50_ms": _round(self.percentile(0.5)), "p90_ms": _round(self.percentile(0.9)),
             "p99_ms": _round(self.percentile(0.99)), "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) of `values`, linearly interpolated; None for no values."""
+    if not values:
+        return None
+    data = sorted(values)
+    k = (len(data) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 def _round(x):
