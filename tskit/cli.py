@@ -211,6 +211,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from tskit.diagnose import no_ready_worker_report
     from tskit.rollout import default_version
 
     client = client_for(args)
@@ -226,6 +227,8 @@ def cmd_status(args) -> int:
             mark = " (default)" if version["modelVersion"] == default else ""
             print(f"{name} {version['modelVersion']}{mark} batch={version.get('batchSize')} "
                   f"delay={version.get('maxBatchDelay')}ms workers=[{states}]")
+            if not any(w.get("status") == "READY" for w in workers):
+                print("\n".join(no_ready_worker_report(args.workdir, name, version["modelVersion"])))
     return 0
 
 

@@ -1,6 +1,8 @@
 """End-to-end fixtures: archives built with the real `tskit build` CLI, served by a real TorchServe."""
+import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ REPO = CONFIG_DIR.parent
 TSKIT = [sys.executable, "-m", "tskit.cli"]
 # drift windows small enough for a test to fill them (per worker); the rest is the shipped config
 E2E_DRIFT = {"drift_window": 48, "drift_min_count": 24, "drift_every": 8}
+SLOW_MODEL_FILE = Path(__file__).with_name("slow_model.py")
 
 
 def tskit_build(store: Path, work: Path) -> Path:
@@ -52,3 +55,38 @@ def server(e2e_store, tmp_path_factory):
     ts.start(timeout=300)
     yield ts
     ts.stop()
+
+
+def build_slow_archive(store: Path, work: Path, name: str, frontend: dict) -> Path:
+    """`slow_model.py` behind the tensor handler (rows of 4 features; the first is seconds to sleep), with
+    TorchServe settings `frontend` (workers, batching, responseTimeout) in its model-config.yaml."""
+    import torch
+
+    from export.archive import ArchiveSpec, build_archive
+    from export.golden import GoldenInput
+    from handlers.loading import load_module_class
+
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    weights = work / f"{name}.pt"
+    torch.save(load_module_class(str(SLOW_MODEL_FILE))().state_dict(), weights)
+    schema = work / "tensor_schema.json"
+    schema.write_text(json.dumps({"shape": [4], "dtype": "float32", "labels": ["a", "b"]}))
+    return build_archive(ArchiveSpec(
+        name=name, serialized_file=str(weights), model_file=str(SLOW_MODEL_FILE), handler="tensor",
+        config={**frontend, "handler": {"topk": 2}}, export_path=str(store), extra_files=[str(schema)],
+        golden_inputs=[GoldenInput("row.json", slow_row(0), "application/json")]))
+
+
+def slow_row(seconds: float) -> bytes:
+    """A request body for the slow model that makes its forward sleep `seconds`."""
+    return json.dumps([seconds, 1.0, 2.0, 3.0]).encode()
+
+
+def tamper_archive(mar: Path, out: Path, member: str = "handlers/payload.py") -> Path:
+    """A copy of a sealed archive with one line appended to `member` after sealing."""
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, data + b"\n# injected\n" if item.filename == member else data)
+    return out
