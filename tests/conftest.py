@@ -50,6 +50,8 @@ def format_archives(tmp_path_factory):
         exported = export_default(fmt, work / "exported" / fmt, "lite0")
         spec = default_spec(str(work / "model_store"), work)
         spec.name = f"lite0_{fmt}"
+        if fmt == "onnx":  # ships the eager weights for explanations, as `tskit build-default` does; aoti does not
+            spec.explain_weights, spec.explain_model_file = spec.serialized_file, spec.model_file
         spec.serialized_file = str(exported.serialized_file)
         spec.model_file = str(exported.model_file) if exported.model_file else None
         archives[fmt] = build_archive(spec)
