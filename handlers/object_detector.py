@@ -89,8 +89,10 @@ class ObjectDetector(TskitHandler):
             raise ConfigError(f"handler config: need 0 < min_size ({cfg['min_size']}) <= max_size ({cfg['max_size']})")
         if not 0.0 <= cfg["score_threshold"] <= 1.0:
             raise ConfigError(f"handler config: score_threshold must be in 0..1, got {cfg['score_threshold']}")
-        if cfg["max_detections"] < 1 or cfg["explain_max_detections"] < 1 or cfg["explain_cell"] < 1:
-            raise ConfigError("handler config: max_detections, explain_max_detections and explain_cell must be >= 1")
+        if cfg["max_detections"] < 1:
+            raise ConfigError(f"handler config: max_detections must be >= 1, got {cfg['max_detections']}")
+        if cfg["explain_max_detections"] < 1 or cfg["explain_cell"] < 1:
+            raise ConfigError("handler config: explain_max_detections and explain_cell must be >= 1")
         self.prepare_explainer(self.model)
         self.reduce_backbone_precision()
         labels_path = os.path.join(model_dir, "index_to_name.json")
