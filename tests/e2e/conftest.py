@@ -1,4 +1,5 @@
 """End-to-end fixtures: archives built with the real `tskit build` CLI, served by a real TorchServe."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,21 @@ def server(e2e_store, tmp_path_factory):
     ts.start(timeout=300)
     yield ts
     ts.stop()
+
+
+@pytest.fixture(scope="session")
+def curl():
+    """`curl(server, path, *args)`: the real curl binary against a live server, with the Bearer token read
+    from the server's key_file.json as a user would; returns (HTTP status, body parsed as JSON or text)."""
+    def run(server, path: str, *args: str):
+        key = json.loads((server.workdir / "key_file.json").read_text())["inference"]["key"]
+        cmd = ["curl", "-sS", "--max-time", "300", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {key}",
+               f"{server.client.inference_url}{path}", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        body, _, status = result.stdout.rpartition("\n")
+        try:
+            return int(status), json.loads(body)
+        except ValueError:
+            return int(status), body
+    return run

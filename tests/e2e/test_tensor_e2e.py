@@ -113,3 +113,27 @@ def test_bad_rows_get_a_json_400_alone_and_the_worker_survives(server, expected)
     assert server.client.ready_workers(MODEL) == 1
     assert "loaded eager model" in server.log()
 
+
+
+def explain(server, **kwargs):
+    c = server.client
+    return c.session.post(f"{c.inference_url}/explanations/{MODEL}", headers=c._headers("inference"), timeout=120,
+                          **kwargs)
+
+
+def test_explanations_over_http(server, expected):
+    """Per-feature Integrated Gradients with the schema's feature names; the attributions add up to the
+    output change from the baseline; a bad target is that request's JSON 400."""
+    x_test, _, model_top1 = expected
+    r = explain(server, json=x_test[0].tolist())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["target"] == model_top1[0] and body["attributions"][0][0] == "mean radius"
+    total = sum(score for _, score in body["attributions"])
+    change = body["output"] - body["baseline_output"]
+    assert total == pytest.approx(change, abs=0.02 * abs(change) + 0.02)
+    many = explain(server, json={"data": x_test[:3].tolist(), "target": "malignant"})
+    assert many.status_code == 200 and [a["target"] for a in many.json()] == ["malignant"] * 3
+    bad = explain(server, json={"data": x_test[0].tolist(), "target": "unicorn"})
+    assert bad.status_code == 400 and bad.json()["type"] == "BadTarget"
+    assert top1(post(server, json=x_test[1].tolist())) == model_top1[1]
