@@ -113,7 +113,8 @@ SPAM = "WINNER!! You have won a FREE prize. Call 09061701461 now to claim your c
 def test_explanations_with_curl(text_server, curl):
     """The real curl binary, the Bearer token from key_file.json: per-token attributions for a raw text body,
     a chosen target in JSON, a bad target as a JSON 400; the worker keeps serving."""
-    status, body = curl(text_server, f"/explanations/{MODEL}", "--data-binary", SPAM)
+    plain = ("-H", "Content-Type: text/plain")  # curl's default form-urlencoded type gets parsed into fields
+    status, body = curl(text_server, f"/explanations/{MODEL}", *plain, "--data-binary", SPAM)
     assert status == 200 and body["target"] == "spam", body
     assert len(body["tokens"]) == 18 and {"free", "call"} <= {t for t, _ in body["top_tokens"]}
     status, body = curl(text_server, f"/explanations/{MODEL}", "-H", "Content-Type: application/json",
@@ -122,7 +123,7 @@ def test_explanations_with_curl(text_server, curl):
     status, body = curl(text_server, f"/explanations/{MODEL}", "-H", "Content-Type: application/json",
                         "-d", json.dumps({"text": SPAM, "target": "eggs"}))
     assert status == 400 and body["type"] == "BadTarget" and "'eggs'" in body["message"]
-    status, body = curl(text_server, f"/predictions/{MODEL}", "--data-binary", SPAM)
+    status, body = curl(text_server, f"/predictions/{MODEL}", *plain, "--data-binary", SPAM)
     assert status == 200 and next(iter(body)) == "spam"
 
 
