@@ -90,17 +90,21 @@ def checked_target(request: dict, labels, classes: int) -> int | None:
     return target
 
 
-def resolve_targets(requests: list, labels, scores: torch.Tensor) -> list:
-    """Per request: the requested class index, else the top-1 of `scores` ([n, classes]); a bad target is
-    that request's BadInput, so it fails alone."""
+def checked_targets(requests: list, labels, classes: int) -> list:
+    """Per request: its checked target, None (no target asked for), or its BadInput, so it fails alone."""
     out = []
-    for request, row in zip(requests, scores):
+    for request in requests:
         try:
-            target = checked_target(request, labels, row.shape[-1])
-            out.append(int(row.argmax()) if target is None else target)
+            out.append(checked_target(request, labels, classes))
         except BadInput as err:
             out.append(err)
     return out
+
+
+def resolve_targets(requests: list, labels, scores: torch.Tensor) -> list:
+    """Per request: the requested class index, else the top-1 of `scores` ([n, classes]), or its BadInput."""
+    targets = checked_targets(requests, labels, scores.shape[-1])
+    return [int(row.argmax()) if t is None else t for t, row in zip(targets, scores)]
 
 
 def explain_valid(targets: list, explain) -> list:

@@ -11,6 +11,10 @@ Precision defaults to fp32: torchvision's CPU `nms` has no bf16/fp16 kernel (a m
 post-processing), and box coordinates in bf16 are off by pixels (8 mantissa bits: steps of 2 px at 300 px).
 When bf16/fp16 is asked for, only the backbone (nearly all the FLOPs) runs in it; its features go back to
 fp32 before the heads, box decoding and NMS.
+
+Explanations: per detection, the saliency |d score / d pixel| (summed over channels) on the image as the
+model saw it: one forward pass with gradients, one backward pass per explained detection (at most
+`explain_max_detections`).
 """
 import io
 import logging
@@ -21,8 +25,8 @@ import torch
 from PIL import Image
 
 from handlers.base import TskitHandler
-from handlers.errors import BadInput, ConfigError
-from handlers.explain import checked_target, explain_valid, heatmap_png
+from handlers.errors import ConfigError
+from handlers.explain import checked_targets, explain_valid, heatmap_png
 from handlers.image_classifier import decode_image, read_labels
 from handlers.payload import request_bytes
 
@@ -180,12 +184,7 @@ class ObjectDetector(TskitHandler):
         `mass_in_box` is the share of that saliency inside the detection's box."""
         model = self.explainer()
         classes = max(self.labels) + 1 if self.labels else 1 << 30  # without labels any index may be asked for
-        wanted = []  # per request: a label index to explain, None for any, or its BadInput
-        for request in requests:
-            try:
-                wanted.append(checked_target(request, self.labels, classes))
-            except BadInput as err:
-                wanted.append(err)
+        wanted = checked_targets(requests, self.labels, classes)  # a label to explain, or None for any
 
         def explain(ok: list[int], labels: list) -> list[dict]:
             images = [items[i][0].to(self.device).permute(2, 0, 1).float().div(255).requires_grad_(True)

@@ -27,7 +27,7 @@ import torch
 
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
-from handlers.explain import EXPLAIN_CONFIG, attribute, checked_target, explain_valid, unavailable
+from handlers.explain import EXPLAIN_CONFIG, attribute, checked_targets, explain_valid, unavailable
 from handlers.payload import request_value
 
 DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
@@ -326,14 +326,9 @@ class TensorHandler(TskitHandler):
         if outputs.dim() != 2:
             raise unavailable(f"the model returns {list(outputs.shape)}; explanations need [rows, outputs]")
         starts = np.cumsum([0] + [len(r) for r, _ in items])
-        requested = []  # per request: a class index, None (each row its top-1) or its BadInput
-        for request in requests:
-            try:
-                requested.append(checked_target(request, self.labels, outputs.shape[1]))
-            except BadInput as err:
-                requested.append(err)
+        requested = checked_targets(requests, self.labels, outputs.shape[1])  # None: each row its top-1
 
-        def explain(ok: list[int], _targets: list[int]) -> list:
+        def explain(ok: list[int], _requested: list) -> list:
             index = [j for i in ok for j in range(starts[i], starts[i + 1])]
             targets = [requested[i] if requested[i] is not None else int(outputs[j].argmax())
                        for i in ok for j in range(starts[i], starts[i + 1])]

@@ -8,6 +8,9 @@ The archive ships the tokenizer as `vocab.json` (next to the handler):
 A text is lower-cased (if `lowercase`), split into the regex's matches, mapped to ids (`unk_id` for a
 token not in `tokens`) and cut to `max_length` tokens. The training code uses `tokenize`/`encode` from
 this module, so serving tokenizes exactly as training did.
+
+Explanations: Integrated Gradients on the token embedding layer's output (the model still sees the ids, so
+its padding mask is the real one), from an all-zero embedding; one score per token, in input order.
 """
 import json
 import os
