@@ -20,6 +20,7 @@ def cmd_build(args) -> int:
         export_path=args.export_path, version=args.version, extra_files=args.extra_files,
         golden_inputs=inputs_from_files(args.golden or []),
         reference_inputs=read_reference_inputs(args.reference) if args.reference else [],
+        explain_weights=args.explain_weights, explain_model_file=args.explain_model_file,
     )
     print(build_archive(spec))
     return 0
@@ -35,7 +36,7 @@ def cmd_build_default(args) -> int:
         print(build_stock_archive(args.export_path))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        spec = default_spec(args.export_path, Path(tmp), args.format)
+        spec = default_spec(args.export_path, Path(tmp), args.format, not args.no_explain_weights)
         spec.name = args.name or spec.name
         print(build_archive(spec))
     return 0
@@ -315,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
                                               "cases; `tskit verify` and `tskit rollout` replay them")
     b.add_argument("--reference", help="drift reference inputs: a folder (a request per file), a .jsonl file "
                                        "(a JSON request per line) or one file; stored as tskit-reference.json")
+    b.add_argument("--explain-weights", help="eager state_dict shipped for /explanations (loaded only when one "
+                                             "is asked for): what lets an ONNX or AOTInductor archive explain")
+    b.add_argument("--explain-model-file", help="model file for --explain-weights (default: --model-file)")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
@@ -322,6 +326,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--stock", action="store_true", help="instead, the same weights behind TorchServe's stock handler")
     d.add_argument("--format", default="eager", choices=["eager", "torchscript", "onnx", "aoti"])
     d.add_argument("--name", help="archive name (default efficientnet_lite0)")
+    d.add_argument("--no-explain-weights", action="store_true",
+                   help="ONNX/AOTInductor: leave out the eager weights that /explanations runs on (then 501)")
     d.set_defaults(func=cmd_build_default)
 
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")

@@ -90,3 +90,21 @@ def tamper_archive(mar: Path, out: Path, member: str = "handlers/payload.py") ->
             data = src.read(item.filename)
             dst.writestr(item, data + b"\n# injected\n" if item.filename == member else data)
     return out
+
+
+@pytest.fixture(scope="session")
+def curl():
+    """`curl(server, path, *args)`: the real curl binary against a live server, with the Bearer token read
+    from the server's key_file.json as a user would; returns (HTTP status, body parsed as JSON or text)."""
+    def run(server, path: str, *args: str):
+        key = json.loads((server.workdir / "key_file.json").read_text())["inference"]["key"]
+        cmd = ["curl", "-sS", "--max-time", "300", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {key}",
+               f"{server.client.inference_url}{path}", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        body, _, status = result.stdout.rpartition("\n")
+        try:
+            return int(status), json.loads(body)
+        except ValueError:
+            return int(status), body
+    return run

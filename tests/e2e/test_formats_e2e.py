@@ -73,3 +73,13 @@ def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
     finally:
         ts.stop()
     assert manifest["files"]["handlers/payload.py"]
+
+
+def test_the_onnx_default_explains_with_curl(format_server, format_archives, photos, curl):
+    """What `make serve` serves: an ONNX archive, explained on the eager weights it ships, with the README's
+    curl command (-T, the Bearer token from key_file.json); an archive without them answers a JSON 501."""
+    status, body = curl(format_server, f"/explanations/{format_archives['onnx'].stem}", "-T", str(photos["chelsea.png"]))
+    assert status == 200, body
+    assert body["target"] in SAMPLE_TOP1["chelsea.png"] and len(body["attributions"]) == 224
+    status, body = curl(format_server, f"/explanations/{format_archives['aoti'].stem}", "-T", str(photos["coffee.png"]))
+    assert status == 501 and body["type"] == "ExplanationsUnavailable" and "--explain-weights" in body["message"]
