@@ -15,6 +15,7 @@ import yaml
 
 import handlers
 from export.golden import GoldenInput
+from handlers.explain import EXPLAIN_MODEL_FILE, EXPLAIN_WEIGHTS
 from export.manifest import seal_archive
 
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
@@ -38,6 +39,10 @@ class ArchiveSpec:
     golden_inputs: list[GoldenInput] = field(default_factory=list)
     # requests whose drift statistics become the archive's tskit-reference.json (export/reference.py)
     reference_inputs: list[GoldenInput] = field(default_factory=list)
+    # an eager state_dict (+ its model file, default `model_file`) shipped for explanations: what lets an
+    # archive of a compiled format answer /explanations; loaded only when an explanation is asked for
+    explain_weights: str | None = None
+    explain_model_file: str | None = None
 
 
 def archiver_command() -> list[str]:
@@ -70,6 +75,9 @@ def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path]:
         shutil.copy(spec.labels, bundle / "index_to_name.json")
     for extra in spec.extra_files:
         shutil.copy(extra, bundle / os.path.basename(extra))
+    if spec.explain_weights:
+        shutil.copy(spec.explain_weights, bundle / EXPLAIN_WEIGHTS)
+        shutil.copy(spec.explain_model_file or spec.model_file, bundle / EXPLAIN_MODEL_FILE)
     if spec.golden_inputs:
         (bundle / "golden").mkdir()
         for golden in spec.golden_inputs:
@@ -81,9 +89,12 @@ def build_archive(spec: ArchiveSpec) -> Path:
     """Write `{export_path}/{name}.mar`, sealed with its reproducibility manifest, and return its path."""
 
     for label, path in (("serialized file", spec.serialized_file), ("model file", spec.model_file),
-                        ("labels", spec.labels)):
+                        ("labels", spec.labels), ("explanation weights", spec.explain_weights),
+                        ("explanation model file", spec.explain_model_file)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{label} not found: {path}")
+    if spec.explain_weights and not (spec.explain_model_file or spec.model_file):
+        raise ValueError("explanation weights need the model file that defines their class (--explain-model-file)")
     os.makedirs(spec.export_path, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"tskit-{spec.name}-") as tmp:
         stage = Path(tmp)

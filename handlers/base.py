@@ -25,7 +25,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, export_gauges, read_reference
 from handlers.errors import BadInput, ConfigError
-from handlers.explain import is_explain
+from handlers.explain import check_config as check_explain_config, is_explain, load_explainer
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
 from handlers.metrics import record_batch
@@ -82,6 +82,8 @@ class TskitHandler(BaseHandler):
             logger.warning("no %s in the archive: its files cannot be checked", MANIFEST_NAME)
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.config = validate_config(yaml_config.get("handler"), {**BASE_CONFIG, **self.config_defaults})
+        if "explain_method" in self.config:
+            check_explain_config(self.config)
 
         self.device = pick_device(props.get("gpu_id"))
         self.precision = resolve_precision(self.config["precision"], self.device)
@@ -99,6 +101,8 @@ class TskitHandler(BaseHandler):
         self.model, self.model_format = load_model(
             serialized, model_file, self.device, self.config["model_class"] or None, self.threads
         )
+        self.model_paths = (model_dir, serialized, model_file)
+        self._explainer = None  # loaded on the first explanation request
         fixed_dtype = getattr(self.model, "fixed_dtype", None)
         if fixed_dtype is not None and fixed_dtype != self.dtype:
             logger.info("%s model runs in the dtype it was exported with (%s), not %s",
@@ -146,6 +150,14 @@ class TskitHandler(BaseHandler):
         if getattr(self, "labels", None) and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
             return ["top1_probability"], torch.softmax(outputs.float(), dim=1).amax(dim=1, keepdim=True)
         return None
+
+    def explain_items(self, items: list, requests: list[dict]) -> list:
+        """Attributions for decoded items sent to /explanations: one answer (or BadInput) per item."""
+        raise BadInput(f"{type(self).__name__} has no explanations", status=501, kind="ExplanationsUnavailable")
+
+    def prepare_explainer(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Apply to the explanation model what `setup` applied to the serving model."""
+        return model
 
     # ---- shared machinery ----------------------------------------------------------------------
     def forward(self, batch: torch.Tensor):
@@ -275,8 +287,15 @@ class TskitHandler(BaseHandler):
         keep = [k for k in range(len(items)) if k not in set(wanted)]
         return [items[k] for k in keep], [positions[k] for k in keep]
 
-    def explain_items(self, items: list, requests: list[dict]) -> list:
-        raise BadInput(f"{type(self).__name__} has no explanations", status=501, kind="ExplanationsUnavailable")
+    def explainer(self) -> torch.nn.Module:
+        """The fp32 differentiable model explanations run on, loaded on first use (see handlers.explain)."""
+        if self._explainer is None:
+            model_dir, serialized, model_file = self.model_paths
+            model = load_explainer(model_dir, serialized, model_file, self.model_format, self.device,
+                                   self.config["model_class"] or None)
+            self._explainer = self.prepare_explainer(model)
+            logger.info("loaded the fp32 explanation model")
+        return self._explainer
 
     def request_id(self, index: int) -> str:
         ids = getattr(self.context, "request_ids", None) or {}

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
-from handlers.explain import METHODS, attribute, differentiable_copy, heatmap_png, requested_target
+from handlers.explain import EXPLAIN_CONFIG, attribute, explain_valid, heatmap_png, resolve_targets
 from handlers.payload import request_bytes
 from handlers.protocol import tensor_image
 
@@ -82,8 +82,7 @@ class ImageClassifier(TskitHandler):
         "topk": 5,
         "fast_decode": True,  # JPEG draft mode (reduced-DCT decoding)
         "channels_last": True,
-        "explain_method": "integrated_gradients",  # or saliency (one backward pass)
-        "explain_steps": 16,  # Integrated Gradients steps: time grows linearly with it
+        **EXPLAIN_CONFIG,  # explain_method (integrated_gradients | saliency), explain_steps (time grows with it)
     }
 
     def setup(self, model_dir: str) -> None:
@@ -92,11 +91,8 @@ class ImageClassifier(TskitHandler):
             raise ConfigError(f"handler config: crop ({cfg['crop']}) must not exceed resize ({cfg['resize']})")
         if len(cfg["mean"]) != 3 or len(cfg["std"]) != 3 or min(cfg["std"]) <= 0:
             raise ConfigError("handler config: mean and std need 3 values each, std > 0")
-        if cfg["explain_method"] not in METHODS or cfg["explain_steps"] < 1:
-            raise ConfigError(f"handler config: explain_method must be one of {METHODS}, explain_steps >= 1")
         self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1) * 255
-        self.explainer = None  # fp32 differentiable copy, made on the first explanation request
         labels_path = os.path.join(model_dir, "index_to_name.json")
         self.labels = read_labels(labels_path) if os.path.exists(labels_path) else {}
 
@@ -126,21 +122,23 @@ class ImageClassifier(TskitHandler):
             out[name if name not in out else f"{name} ({i})"] = p
         return out
 
-    def explain_items(self, items: list, requests: list[dict]) -> list[dict]:
-        """Attributions for decoded images: target = the requested class, else the top-1."""
+    def explain_items(self, items: list, requests: list[dict]) -> list:
+        """Attributions for decoded images: target = the requested class, else the top-1; HxW maps (absolute
+        attributions summed over channels) and a heatmap."""
         method, steps = self.config["explain_method"], self.config["explain_steps"]
-        if self.explainer is None:
-            self.explainer = differentiable_copy(self.model)
+        model = self.explainer()
         batch = ((torch.stack(items).permute(0, 3, 1, 2).float() - self.mean.cpu()) / self.std.cpu()).to(self.device)
         with torch.inference_mode():
-            probs = torch.softmax(self.explainer(batch).float(), dim=1)
-        targets = [requested_target(r, self.labels) for r in requests]
-        targets = [int(probs[i].argmax()) if t is None else t for i, t in enumerate(targets)]
-        maps = attribute(self.explainer, batch, targets, method, steps).cpu().numpy()
-        return [{"target": self.labels.get(t, str(t)), "target_index": t, "probability": float(probs[i, t]),
-                 "method": method, "attributions": np.round(maps[i], 6).tolist(),
-                 "heatmap_png": heatmap_png(items[i].numpy(), maps[i])}
-                for i, t in enumerate(targets)]
+            probs = torch.softmax(model(batch).float(), dim=1).cpu()
+
+        def explain(ok: list[int], targets: list[int]) -> list[dict]:
+            maps = attribute(model, batch[ok], targets, method, steps).abs().sum(dim=1).cpu().numpy()
+            return [{"target": self.labels.get(t, str(t)), "target_index": t, "probability": float(probs[i, t]),
+                     "method": method, "attributions": np.round(m, 6).tolist(),
+                     "heatmap_png": heatmap_png(items[i].numpy(), m)}
+                    for i, t, m in zip(ok, targets, maps)]
+
+        return explain_valid(resolve_targets(requests, self.labels, probs), explain)
 
     def drift_features(self, batch: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """Per-channel mean and spread of the normalised input (brightness, tint, contrast), over every 4th

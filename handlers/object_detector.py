@@ -11,6 +11,10 @@ Precision defaults to fp32: torchvision's CPU `nms` has no bf16/fp16 kernel (a m
 post-processing), and box coordinates in bf16 are off by pixels (8 mantissa bits: steps of 2 px at 300 px).
 When bf16/fp16 is asked for, only the backbone (nearly all the FLOPs) runs in it; its features go back to
 fp32 before the heads, box decoding and NMS.
+
+Explanations: per detection, the saliency |d score / d pixel| (summed over channels) on the image as the
+model saw it: one forward pass with gradients, one backward pass per explained detection (at most
+`explain_max_detections`).
 """
 import io
 import logging
@@ -22,6 +26,7 @@ from PIL import Image
 
 from handlers.base import TskitHandler
 from handlers.errors import ConfigError
+from handlers.explain import checked_targets, explain_valid, heatmap_png
 from handlers.image_classifier import decode_image, read_labels
 from handlers.payload import request_bytes
 from handlers.protocol import tensor_image
@@ -56,6 +61,11 @@ def cast_floats(value, dtype: torch.dtype):
     return value
 
 
+def run_detector(model, images: list) -> list[dict]:
+    detections = model(images)
+    return detections[1] if isinstance(detections, tuple) else detections  # scripted ones: (losses, detections)
+
+
 def set_postprocess_limits(model, score_threshold: float, max_detections: int) -> None:
     """Let the model drop what the handler would drop anyway (same result: NMS only lets a higher score
     suppress a lower one), wherever torchvision keeps these settings."""
@@ -74,6 +84,8 @@ class ObjectDetector(TskitHandler):
         "score_threshold": 0.5,
         "max_detections": 100,
         "fast_decode": True,  # JPEG draft mode (reduced-DCT decoding)
+        "explain_max_detections": 5,  # saliency maps per image, best first: one backward pass each
+        "explain_cell": 8,  # the returned saliency grid averages cells of this many input pixels
     }
 
     def setup(self, model_dir: str) -> None:
@@ -84,13 +96,21 @@ class ObjectDetector(TskitHandler):
             raise ConfigError(f"handler config: score_threshold must be in 0..1, got {cfg['score_threshold']}")
         if cfg["max_detections"] < 1:
             raise ConfigError(f"handler config: max_detections must be >= 1, got {cfg['max_detections']}")
-        transform = getattr(self.model, "transform", None)
-        if transform is not None and hasattr(transform, "min_size"):
-            transform.min_size, transform.max_size = (cfg["min_size"],), cfg["max_size"]
-        set_postprocess_limits(self.model, cfg["score_threshold"], cfg["max_detections"])
+        if cfg["explain_max_detections"] < 1 or cfg["explain_cell"] < 1:
+            raise ConfigError("handler config: explain_max_detections and explain_cell must be >= 1")
+        self.prepare_explainer(self.model)
         self.reduce_backbone_precision()
         labels_path = os.path.join(model_dir, "index_to_name.json")
         self.labels = read_labels(labels_path) if os.path.exists(labels_path) else {}
+
+    def prepare_explainer(self, model):
+        """The handler's sizes and limits, set on the serving model and on the explanation model alike."""
+        cfg = self.config
+        transform = getattr(model, "transform", None)
+        if transform is not None and hasattr(transform, "min_size"):
+            transform.min_size, transform.max_size = (cfg["min_size"],), cfg["max_size"]
+        set_postprocess_limits(model, cfg["score_threshold"], cfg["max_detections"])
+        return model
 
     def reduce_backbone_precision(self) -> None:
         """The base class cast the whole model to `self.dtype`; keep that only for the backbone. The rest goes
@@ -135,30 +155,71 @@ class ObjectDetector(TskitHandler):
     def forward(self, batch):
         images, originals = batch
         with torch.inference_mode():
-            detections = self.model(images)
-        if isinstance(detections, tuple):  # scripted torchvision detectors return (losses, detections)
-            detections = detections[1]
+            detections = run_detector(self.model, images)
         return [(det, image.shape[-1], image.shape[-2], original)
                 for det, image, original in zip(detections, images, originals)]
 
     def respond(self, outputs: list) -> list[list[dict]]:
         return [self.detections(*output) for output in outputs]
 
-    def detections(self, det: dict, width: int, height: int, original: tuple[int, int]) -> list[dict]:
-        """One image's detections above the threshold, best first, in the original image's pixels."""
+    def ranked(self, det: dict) -> torch.Tensor:
+        """Indices of one image's detections above the threshold, best first, at most `max_detections`."""
+        scores = det["scores"].detach().float().cpu()
+        kept = torch.nonzero(scores >= self.config["score_threshold"]).flatten()
+        return kept[scores[kept].argsort(descending=True, stable=True)][: self.config["max_detections"]]
+
+    def detections(self, det: dict, width: int, height: int, original: tuple[int, int],
+                   order: torch.Tensor | None = None) -> list[dict]:
+        """One image's detections (`order`, else all ranked), best first, in the original image's pixels."""
         ow, oh = original
-        scores = det["scores"].float().cpu()
-        keep = scores >= self.config["score_threshold"]
-        scores, order = scores[keep].sort(descending=True)
-        scores, order = scores[: self.config["max_detections"]], order[: self.config["max_detections"]]
-        boxes = det["boxes"].float().cpu()[keep][order] * torch.tensor([ow / width, oh / height] * 2)
+        order = self.ranked(det) if order is None else order
+        scores = det["scores"].detach().float().cpu()[order]
+        boxes = det["boxes"].detach().float().cpu()[order] * torch.tensor([ow / width, oh / height] * 2)
         boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([ow, oh, ow, oh], dtype=torch.float32))
-        labels = det["labels"].cpu()[keep][order].tolist()
+        labels = det["labels"].cpu()[order].tolist()
         return [
             {"label": self.labels.get(label, str(label)), "score": round(score, 4),
              "box": [round(v, 1) for v in box]}
             for label, score, box in zip(labels, scores.tolist(), boxes.tolist())
         ]
+
+    def explain_items(self, items: list, requests: list[dict]) -> list[dict]:
+        """Per image, its best detections (of the requested label, else any; at most `explain_max_detections`),
+        each with a saliency map: |d score / d pixel| summed over channels, on the image as the model saw it.
+        `mass_in_box` is the share of that saliency inside the detection's box."""
+        model = self.explainer()
+        classes = max(self.labels) + 1 if self.labels else 1 << 30  # without labels any index may be asked for
+        wanted = checked_targets(requests, self.labels, classes)  # a label to explain, or None for any
+
+        def explain(ok: list[int], labels: list) -> list[dict]:
+            images = [items[i][0].to(self.device).permute(2, 0, 1).float().div(255).requires_grad_(True)
+                      for i in ok]
+            with torch.enable_grad():
+                found = run_detector(model, images)
+                return [self.saliency(image, det, label, items[i][0].numpy(), items[i][1])
+                        for i, image, det, label in zip(ok, images, found, labels)]
+
+        return explain_valid(wanted, explain)
+
+    def saliency(self, image: torch.Tensor, det: dict, label: int | None, pixels, original) -> dict:
+        cfg = self.config
+        order = self.ranked(det)
+        if label is not None:
+            order = order[det["labels"].cpu()[order] == label]
+        order = order[: cfg["explain_max_detections"]]
+        height, width = image.shape[-2:]
+        answers = self.detections(det, width, height, original, order)
+        cell = cfg["explain_cell"]
+        for answer, k in zip(answers, order.tolist()):
+            (grad,) = torch.autograd.grad(det["scores"][k], image, retain_graph=True)
+            saliency = grad.abs().sum(dim=0).cpu()
+            x1, y1, x2, y2 = det["boxes"][k].detach().cpu().round().int().tolist()
+            inside = saliency[max(y1, 0):y2, max(x1, 0):x2].sum()
+            answer["mass_in_box"] = round(float(inside / saliency.sum().clamp_min(1e-12)), 4)
+            grid = torch.nn.functional.avg_pool2d(saliency[None, None], cell, ceil_mode=True)[0, 0]
+            answer["saliency"] = np.round(grid.numpy(), 8).tolist()
+            answer["heatmap_png"] = heatmap_png(pixels, saliency.numpy())
+        return {"method": "saliency", "input_size": [width, height], "cell": cell, "detections": answers}
 
     def example_items(self, n: int) -> list:
         side = self.config["min_size"]

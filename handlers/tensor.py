@@ -3,7 +3,7 @@
 The archive ships a schema (`tensor_schema.json`, through `--extra-files`):
 
     {"shape": [30], "dtype": "float32", "input_name": "features", "max_rows": 256,
-     "feature_names": ["mean radius", ...], "labels": ["malignant", "benign"]}
+     "feature_names": ["mean radius", ...], "labels": ["malignant", "benign"], "baseline": [14.1, ...]}
 
 `shape` is one example's shape (no batch dimension). A request carries one example (`shape`) or several
 (`[n, *shape]`, n <= `max_rows`); every request is checked against the schema and a mismatch (shape,
@@ -12,6 +12,9 @@ batch go through the model together and are split back, one response per request
 one answer, several get a list. With `labels` (or an `index_to_name.json`) the answer is `{label:
 probability}` for the top-k classes, otherwise the model's raw output values. Request data is never
 unpickled: `.npy` loads with `allow_pickle=False`, safetensors is a JSON header plus raw numbers.
+
+Explanations are Integrated Gradients per input value, from the schema's `baseline` example (say the
+training means; zeros without one): with `feature_names`, [name, score] pairs in feature order.
 """
 import io
 import json
@@ -24,10 +27,11 @@ import torch
 
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
+from handlers.explain import EXPLAIN_CONFIG, attribute, checked_targets, explain_valid, unavailable
 from handlers.payload import request_value
 
 DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8")
-SCHEMA_KEYS = {"shape", "dtype", "input_name", "max_rows", "feature_names", "labels"}
+SCHEMA_KEYS = {"shape", "dtype", "input_name", "max_rows", "feature_names", "labels", "baseline"}
 ROW_KEYS = ("data", "inputs", "instances")
 NPY_MAGIC = b"\x93NUMPY"
 MAX_DRIFT_FEATURES = 64  # wider examples are described by their mean and spread instead
@@ -63,6 +67,14 @@ def read_schema(path: str) -> dict:
     if not isinstance(labels, list) or len(set(map(str, labels))) != len(labels):
         raise ConfigError("schema 'labels' must be a list of distinct class names, index order")
     schema["labels"] = [str(label) for label in labels]
+    baseline = schema.setdefault("baseline", None)
+    if baseline is not None:
+        try:
+            ok = np.isfinite(np.asarray(baseline, dtype=np.float64)).all() and np.shape(baseline) == tuple(shape)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"schema 'baseline' must be one example of shape {shape} in finite numbers")
     return schema
 
 
@@ -175,6 +187,8 @@ class TensorHandler(TskitHandler):
     config_defaults = {
         "topk": 5,
         "schema_file": "tensor_schema.json",
+        **EXPLAIN_CONFIG,  # attributions per input value, from the schema's baseline
+        "explain_steps": 64,  # rows are small: more steps cost little and tighten IG's completeness
     }
 
     def setup(self, model_dir: str) -> None:
@@ -302,6 +316,55 @@ class TensorHandler(TskitHandler):
         if x.shape[1] > MAX_DRIFT_FEATURES:
             return ["mean", "std"], torch.stack([x.mean(dim=1), x.std(dim=1)], dim=1)
         return self.feature_names or [f"x{i}" for i in range(x.shape[1])], x
+
+    # ---- explanations --------------------------------------------------------------------------
+    def explain_items(self, items: list, requests: list[dict]) -> list:
+        """Per row: attributions of the target output (requested, else the top one) to every input value;
+        for IG they sum to `output - baseline_output` up to `convergence_delta`. A request of several rows
+        gets a list, one target for all its rows."""
+        if self.np_dtype.kind != "f":
+            raise unavailable(f"inputs of dtype {self.np_dtype.name} have no gradients")
+        method, steps = self.config["explain_method"], self.config["explain_steps"]
+        model = self.explainer()
+        rows = torch.from_numpy(np.concatenate([r for r, _ in items])).float().to(self.device)
+        baseline = torch.zeros_like(rows[:1]) if self.schema["baseline"] is None else \
+            torch.tensor(self.schema["baseline"], dtype=torch.float32, device=self.device)[None]
+        with torch.inference_mode():
+            outputs, base_out = model(rows).float().cpu(), model(baseline).float().cpu()[0]
+        if outputs.dim() != 2:
+            raise unavailable(f"the model returns {list(outputs.shape)}; explanations need [rows, outputs]")
+        starts = np.cumsum([0] + [len(r) for r, _ in items])
+        requested = checked_targets(requests, self.labels, outputs.shape[1])  # None: each row its top-1
+
+        def explain(ok: list[int], _requested: list) -> list:
+            index = [j for i in ok for j in range(starts[i], starts[i + 1])]
+            targets = [requested[i] if requested[i] is not None else int(outputs[j].argmax())
+                       for i in ok for j in range(starts[i], starts[i + 1])]
+            scores, delta = attribute(model, rows[index], targets, method, steps,
+                                      baselines=baseline.expand(len(index), *self.shape), delta=True)
+            answers = [self.row_explanation(outputs[j], base_out, t, s, d, method)
+                       for j, t, s, d in zip(index, targets, scores.cpu(),
+                                             delta.cpu() if delta is not None else [None] * len(index))]
+            out, k = [], 0
+            for i in ok:
+                n = starts[i + 1] - starts[i]
+                out.append(answers[k] if items[i][1] else answers[k:k + n])
+                k += n
+            return out
+
+        return explain_valid(requested, explain)
+
+    def row_explanation(self, output, base_out, target: int, scores, delta, method: str) -> dict:
+        answer = {"target": self.labels[target] if target < len(self.labels) else target, "target_index": target}
+        if self.labels:
+            answer["probability"] = float(torch.softmax(output, 0)[target])
+        answer.update(method=method, output=float(output[target]), baseline_output=float(base_out[target]))
+        if delta is not None:
+            answer["convergence_delta"] = float(delta)
+        values = np.round(scores.numpy().astype(np.float64), 6)
+        answer["attributions"] = [[n, float(v)] for n, v in zip(self.feature_names, values)] \
+            if self.feature_names else values.tolist()
+        return answer
 
     def example_items(self, n: int) -> list:
         return [(np.zeros((1, *self.shape), dtype=self.np_dtype), True) for _ in range(n)]

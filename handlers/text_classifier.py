@@ -8,6 +8,9 @@ The archive ships the tokenizer as `vocab.json` (next to the handler):
 A text is lower-cased (if `lowercase`), split into the regex's matches, mapped to ids (`unk_id` for a
 token not in `tokens`) and cut to `max_length` tokens. The training code uses `tokenize`/`encode` from
 this module, so serving tokenizes exactly as training did.
+
+Explanations: Integrated Gradients on the token embedding layer's output (the model still sees the ids, so
+its padding mask is the real one), from an all-zero embedding; one score per token, in input order.
 """
 import json
 import os
@@ -17,9 +20,11 @@ import torch
 
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
+from handlers.explain import EXPLAIN_CONFIG, attribute, embedding_forward, explain_valid, find_embedding, resolve_targets
 from handlers.payload import request_value, unwrap_json
 
 TEXT_KEYS = ("text", "data")
+TOP_TOKENS = 5  # how many of the tokens that argue most for the target an explanation lists
 VOCAB_KEYS = ("lowercase", "token_pattern", "pad_id", "unk_id", "max_length", "labels", "tokens")
 
 
@@ -80,6 +85,9 @@ class TextClassifier(TskitHandler):
         "topk": 5,
         "max_chars": 5000,  # longer texts get a 413
         "vocab_file": "vocab.json",
+        **EXPLAIN_CONFIG,  # attributions per token, on the embedding layer's output
+        "explain_steps": 32,
+        "explain_layer": "",  # the token embedding module's name, when the model has several nn.Embedding
     }
 
     def setup(self, model_dir: str) -> None:
@@ -120,6 +128,34 @@ class TextClassifier(TskitHandler):
         tokens = (batch != self.pad_id).sum(dim=1).float()
         unknown = (batch == int(self.vocab["unk_id"])).sum(dim=1).float()
         return ["tokens", "unknown_rate"], torch.stack([tokens, unknown / tokens.clamp_min(1)], dim=1)
+
+    def explain_items(self, items: list, requests: list[dict]) -> list[dict]:
+        """Per-token attributions to the target class (requested, else top-1), from an all-zero embedding
+        baseline: `tokens` as [token, score] pairs in input order (positive = for the target), and the
+        `top_tokens` that argue for it most."""
+        method, steps = self.config["explain_method"], self.config["explain_steps"]
+        model = self.explainer()
+        layer = find_embedding(model, self.config["explain_layer"])
+        forward = embedding_forward(model, layer)
+        ids = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=self.pad_id).to(self.device)
+        with torch.inference_mode():
+            embeddings = layer(ids)
+            probs = torch.softmax(model(ids).float(), dim=1).cpu()
+
+        def explain(ok: list[int], targets: list[int]) -> list[dict]:
+            scores = attribute(forward, embeddings[ok], targets, method, steps,
+                               baselines=torch.zeros_like(embeddings[ok]), forward_args=(ids[ok],))
+            scores = scores.sum(dim=-1).cpu()  # one number per token
+            answers = []
+            for row, i, t in zip(scores, ok, targets):
+                tokens = tokenize(request_text(requests[i]), self.pattern, self.vocab["lowercase"])
+                pairs = [[tok, round(float(v), 6)] for tok, v in zip(tokens, row[: len(items[i])])]
+                top = sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])[:TOP_TOKENS]
+                answers.append({"target": self.labels[t], "target_index": t, "probability": float(probs[i, t]),
+                                "method": method, "tokens": pairs, "top_tokens": top})
+            return answers
+
+        return explain_valid(resolve_targets(requests, self.labels, probs), explain)
 
     def example_items(self, n: int) -> list:
         unk = int(self.vocab["unk_id"])

@@ -20,6 +20,7 @@ def cmd_build(args) -> int:
         export_path=args.export_path, version=args.version, extra_files=args.extra_files,
         golden_inputs=inputs_from_files(args.golden or []),
         reference_inputs=read_reference_inputs(args.reference) if args.reference else [],
+        explain_weights=args.explain_weights, explain_model_file=args.explain_model_file,
     )
     print(build_archive(spec))
     return 0
@@ -35,7 +36,7 @@ def cmd_build_default(args) -> int:
         print(build_stock_archive(args.export_path))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        spec = default_spec(args.export_path, Path(tmp), args.format)
+        spec = default_spec(args.export_path, Path(tmp), args.format, not args.no_explain_weights)
         spec.name = args.name or spec.name
         print(build_archive(spec))
     return 0
@@ -122,12 +123,26 @@ def cmd_verify(args) -> int:
 
 
 def _overrides(items) -> dict:
-    """`key=value` pairs for a handler config; true/false become booleans."""
+    """`key=value` pairs for a handler config, each value read as YAML would read it in model-config.yaml
+    (4 -> int, true -> bool, [0.5, 0.5] -> list, fp32 -> str)."""
+    import yaml
+
     out = {}
     for item in items or []:
         key, _, value = item.partition("=")
-        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+        out[key] = yaml.safe_load(value)
     return out
+
+
+def in_process_handler(archive: str, tmp: str, batch_size: int, overrides):
+    """An archive's own handler, initialised in this process as a worker would (its folder on sys.path)."""
+    from export.replay import handler_class
+    from tskit.testing import load_handler, unpack_archive
+
+    root = unpack_archive(archive, Path(tmp) / "archive")
+    sys.path.insert(0, str(root))
+    return load_handler(handler_class(root), root, batch_size=batch_size,
+                        yaml_overrides={"handler": _overrides(overrides)})
 
 
 def cmd_forward(args) -> int:
@@ -135,15 +150,9 @@ def cmd_forward(args) -> int:
     import os
     import time
 
-    from export.replay import handler_class
-    from tskit.testing import load_handler, unpack_archive
-
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="tskit-forward-") as tmp:
-        root = unpack_archive(args.archive, Path(tmp) / "archive")
-        sys.path.insert(0, str(root))
-        handler = load_handler(handler_class(root), root, batch_size=args.batch,
-                               yaml_overrides={"handler": _overrides(args.set)})
+        handler = in_process_handler(args.archive, tmp, args.batch, args.set)
         batch = handler.collate(handler.example_items(args.batch))
         handler.forward(batch)
         done, start = 0, time.perf_counter()
@@ -154,6 +163,39 @@ def cmd_forward(args) -> int:
     print(f"{args.archive}: {handler.model_format} {handler.precision}, batch {args.batch}, {handler.threads} thread(s): "
           f"{rate:.1f} items/s forward only")
     return 0
+
+
+def cmd_explain(args) -> int:
+    """Explain files in-process with the archive's own handler, as one batch (what a worker does for
+    /explanations), and report the time: the first batch loads the explanation model, the second is timed."""
+    import base64
+    import time
+
+    from export.golden import as_request, inputs_from_files
+    from tskit.testing import run_batch
+
+    inputs = inputs_from_files(args.files)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tskit-explain-") as tmp:
+        handler = in_process_handler(args.archive, tmp, len(inputs), args.set)
+        requests = [as_request(i.payload, i.content_type) for i in inputs]
+        headers = [{"explain": "True"}] * len(inputs)
+        run_batch(handler, requests[:1], headers[:1])  # loads the explanation model
+        start = time.perf_counter()
+        results = run_batch(handler, requests, headers)
+        seconds = time.perf_counter() - start
+    for item, (status, body) in zip(inputs, results):
+        stem = Path(item.name).stem
+        (out / f"{stem}.json").write_text(json.dumps(body))
+        heatmap = body.get("heatmap_png") if isinstance(body, dict) else None
+        if heatmap:
+            (out / f"{stem}_heatmap.png").write_bytes(base64.b64decode(heatmap))
+        target = body.get("target") if isinstance(body, dict) else f"{len(body)} answers"
+        print(f"{item.name}: {status} target={target} -> {out / stem}.json")
+    print(f"{len(inputs)} explanation(s) in one batch: {seconds:.2f} s ({handler.config.get('explain_method')}, "
+          f"{handler.config.get('explain_steps')} steps)")
+    return 0 if all(status == 200 for status, _ in results) else 1
 
 
 def cmd_accuracy(args) -> int:
@@ -211,6 +253,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from tskit.diagnose import no_ready_worker_report
     from tskit.rollout import default_version
 
     client = client_for(args)
@@ -226,6 +269,8 @@ def cmd_status(args) -> int:
             mark = " (default)" if version["modelVersion"] == default else ""
             print(f"{name} {version['modelVersion']}{mark} batch={version.get('batchSize')} "
                   f"delay={version.get('maxBatchDelay')}ms workers=[{states}]")
+            if not any(w.get("status") == "READY" for w in workers):
+                print("\n".join(no_ready_worker_report(args.workdir, name, version["modelVersion"])))
     return 0
 
 
@@ -336,6 +381,9 @@ def parser() -> argparse.ArgumentParser:
                                               "cases; `tskit verify` and `tskit rollout` replay them")
     b.add_argument("--reference", help="drift reference inputs: a folder (a request per file), a .jsonl file "
                                        "(a JSON request per line) or one file; stored as tskit-reference.json")
+    b.add_argument("--explain-weights", help="eager state_dict shipped for /explanations (loaded only when one "
+                                             "is asked for): what lets an ONNX or AOTInductor archive explain")
+    b.add_argument("--explain-model-file", help="model file for --explain-weights (default: --model-file)")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
@@ -343,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--stock", action="store_true", help="instead, the same weights behind TorchServe's stock handler")
     d.add_argument("--format", default="eager", choices=["eager", "torchscript", "onnx", "aoti"])
     d.add_argument("--name", help="archive name (default efficientnet_lite0)")
+    d.add_argument("--no-explain-weights", action="store_true",
+                   help="ONNX/AOTInductor: leave out the eager weights that /explanations runs on (then 501)")
     d.set_defaults(func=cmd_build_default)
 
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")
@@ -386,6 +436,13 @@ def parser() -> argparse.ArgumentParser:
     fw.add_argument("--seconds", type=float, default=10)
     fw.add_argument("--set", nargs="*", help="handler config overrides, e.g. precision=bf16 channels_last=false")
     fw.set_defaults(func=cmd_forward)
+
+    ex = sub.add_parser("explain", help="explain files in-process with an archive's handler and time it")
+    ex.add_argument("archive")
+    ex.add_argument("files", nargs="+", help="request bodies: files or folders")
+    ex.add_argument("--set", nargs="*", help="handler config overrides, e.g. explain_method=saliency explain_steps=8")
+    ex.add_argument("--out", default="explanations", help="where each answer (and heatmap PNG) is written")
+    ex.set_defaults(func=cmd_explain)
 
     ac = sub.add_parser("accuracy", help="accuracy guard: top-1 agreement with the fp32 reference pipeline on "
                                          "real photos")

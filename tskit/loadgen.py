@@ -33,12 +33,7 @@ class LoadResult:
         return self.sent - self.ok
 
     def percentile(self, q: float) -> float | None:
-        if not self.latencies_ms:
-            return None
-        data = sorted(self.latencies_ms)
-        k = (len(data) - 1) * q
-        lo, hi = int(k), min(int(k) + 1, len(data) - 1)
-        return data[lo] + (data[hi] - data[lo]) * (k - lo)
+        return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict:
         return {
@@ -49,6 +44,16 @@ class LoadResult:
             "p50_ms": _round(self.percentile(0.5)), "p90_ms": _round(self.percentile(0.9)),
             "p99_ms": _round(self.percentile(0.99)), "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) of `values`, linearly interpolated; None for no values."""
+    if not values:
+        return None
+    data = sorted(values)
+    k = (len(data) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
 def _round(x):
@@ -123,3 +128,66 @@ def open_loop(url: str, headers: dict, payloads: list[bytes], rate: float, durat
             pool.submit(send, scheduled, payloads[i % len(payloads)])
     elapsed = max(time.perf_counter() - start, duration_s)
     return LoadResult("open", rate, elapsed, recorder.latencies, recorder.statuses)
+
+
+@dataclass
+class Outcome:
+    sent_at: float  # time.monotonic()
+    done_at: float
+    status: int  # 0: connection error or timeout
+    body: str = ""  # kept for failures only
+
+
+class BackgroundLoad:
+    """Closed-loop clients in threads until `stop()`, keeping every request's outcome with its send and answer
+    times, so a test can line failures up with something it did to the server meanwhile (kill a worker, say).
+
+        with BackgroundLoad(url, headers, payloads, clients=6) as load:
+            ...
+        load.outcomes
+    """
+
+    def __init__(self, url: str, headers: dict, payloads: list[bytes], clients: int = 4, timeout: float = 60.0):
+        self.url, self.headers, self.timeout = url, headers, timeout
+        self.bodies = itertools.cycle(payloads)
+        self.lock = threading.Lock()
+        self.outcomes: list[Outcome] = []
+        self.running = threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        session = requests.Session()
+        while self.running.is_set():
+            with self.lock:
+                body = next(self.bodies)
+            sent = time.monotonic()
+            try:
+                r = session.post(self.url, data=body, headers=self.headers, timeout=self.timeout)
+                status, text = r.status_code, ("" if r.status_code == 200 else r.text)
+            except requests.RequestException as err:
+                status, text = 0, str(err)
+            with self.lock:
+                self.outcomes.append(Outcome(sent, time.monotonic(), status, text))
+
+    def start(self) -> "BackgroundLoad":
+        self.running.set()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> list[Outcome]:
+        self.running.clear()
+        for t in self.threads:
+            t.join()
+        return self.outcomes
+
+    def since(self, t: float) -> list[Outcome]:
+        """Outcomes of the requests sent at or after monotonic time `t`."""
+        with self.lock:
+            return [o for o in self.outcomes if o.sent_at >= t]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

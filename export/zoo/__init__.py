@@ -55,11 +55,14 @@ def export_default(fmt: str, out_dir: Path, name: str = DEFAULT_NAME):
     return export_model(model, torch.randn(2, 3, 224, 224), fmt, out_dir, name, model_file=model_file)
 
 
-def default_spec(export_path: str, work_dir: Path, fmt: str = "eager") -> ArchiveSpec:
-    """The default model's archive in format `fmt`; `work_dir` receives the generated files."""
-    serialized, model_file = efficientnet_lite0_weights(), str(ZOO_DIR / "efficientnet_lite0.py")
+def default_spec(export_path: str, work_dir: Path, fmt: str = "eager", explain_weights: bool = True) -> ArchiveSpec:
+    """The default model's archive in format `fmt`; `work_dir` receives the generated files. A compiled
+    format also ships the eager weights for explanations, unless `explain_weights` is false."""
+    weights, source = efficientnet_lite0_weights(), str(ZOO_DIR / "efficientnet_lite0.py")
+    serialized, model_file = weights, source
     if fmt != "eager":
         serialized, model_file = str(export_default(fmt, work_dir).serialized_file), None
+    ships_eager = explain_weights and fmt not in ("eager", "torchscript")
     return ArchiveSpec(
         name=DEFAULT_NAME,
         serialized_file=serialized,
@@ -70,6 +73,8 @@ def default_spec(export_path: str, work_dir: Path, fmt: str = "eager") -> Archiv
         export_path=export_path,
         golden_inputs=golden_photos(),
         reference_inputs=reference_photos(),
+        explain_weights=weights if ships_eager else None,
+        explain_model_file=source if ships_eager else None,
     )
 
 

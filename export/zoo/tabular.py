@@ -76,6 +76,8 @@ def write_schema(path: Path, info: dict | None = None) -> Path:
         "feature_names": info["feature_names"],
         "labels": info["labels"],
         "max_rows": 256,
+        # explanations start from the average training row (all zeros is no patient at all)
+        "baseline": [round(float(v), 6) for v in load_split()[0].mean(0)],
     }
     path.write_text(json.dumps(schema, indent=1))
     return path

@@ -1,7 +1,9 @@
 """End-to-end fixtures: archives built with the real `tskit build` CLI, served by a real TorchServe."""
+import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ REPO = CONFIG_DIR.parent
 TSKIT = [sys.executable, "-m", "tskit.cli"]
 # drift windows small enough for a test to fill them (per worker); the rest is the shipped config
 E2E_DRIFT = {"drift_window": 48, "drift_min_count": 24, "drift_every": 8}
+SLOW_MODEL_FILE = Path(__file__).with_name("slow_model.py")
 
 
 def tskit_build(store: Path, work: Path) -> Path:
@@ -55,6 +58,57 @@ def server(e2e_store, tmp_path_factory):
     ts.stop()
 
 
+def build_slow_archive(store: Path, work: Path, name: str, frontend: dict) -> Path:
+    """`slow_model.py` behind the tensor handler (rows of 4 features; the first is seconds to sleep), with
+    TorchServe settings `frontend` (workers, batching, responseTimeout) in its model-config.yaml."""
+    import torch
+
+    from export.archive import ArchiveSpec, build_archive
+    from export.golden import GoldenInput
+    from handlers.loading import load_module_class
+
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    weights = work / f"{name}.pt"
+    torch.save(load_module_class(str(SLOW_MODEL_FILE))().state_dict(), weights)
+    schema = work / "tensor_schema.json"
+    schema.write_text(json.dumps({"shape": [4], "dtype": "float32", "labels": ["a", "b"]}))
+    return build_archive(ArchiveSpec(
+        name=name, serialized_file=str(weights), model_file=str(SLOW_MODEL_FILE), handler="tensor",
+        config={**frontend, "handler": {"topk": 2}}, export_path=str(store), extra_files=[str(schema)],
+        golden_inputs=[GoldenInput("row.json", slow_row(0), "application/json")]))
+
+
+def slow_row(seconds: float) -> bytes:
+    """A request body for the slow model that makes its forward sleep `seconds`."""
+    return json.dumps([seconds, 1.0, 2.0, 3.0]).encode()
+
+
+def tamper_archive(mar: Path, out: Path, member: str = "handlers/payload.py") -> Path:
+    """A copy of a sealed archive with one line appended to `member` after sealing."""
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, data + b"\n# injected\n" if item.filename == member else data)
+    return out
+
+
+@pytest.fixture(scope="session")
+def curl():
+    """`curl(server, path, *args)`: the real curl binary against a live server, with the Bearer token read
+    from the server's key_file.json as a user would; returns (HTTP status, body parsed as JSON or text)."""
+    def run(server, path: str, *args: str):
+        key = json.loads((server.workdir / "key_file.json").read_text())["inference"]["key"]
+        cmd = ["curl", "-sS", "--max-time", "300", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {key}",
+               f"{server.client.inference_url}{path}", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        body, _, status = result.stdout.rpartition("\n")
+        try:
+            return int(status), json.loads(body)
+        except ValueError:
+            return int(status), body
+    return run
 @pytest.fixture(scope="session")
 def kserve_built(e2e_store, tmp_path_factory):
     """One archive per handler, as built: the default image classifier, the spam text classifier, the tabular

@@ -46,5 +46,6 @@ def test_bench_sweeps_precision(bench_archives, tmp_path):
                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]
     rows = json.loads((out / "bench.json").read_text())["rows"]
-    assert [r["precision"] for r in rows] == ["fp32", "bf16"] and all(r["errors"] == 0 for r in rows)
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert all(r["errors"] == 0 for r in rows), [(r["precision"], r["statuses"]) for r in rows]
     assert "(bf16)" in (out / "bench.md").read_text()

@@ -1,4 +1,5 @@
 """The scene detector, built by `tskit build --handler object_detector`, served by a real TorchServe."""
+import base64
 import concurrent.futures
 import io
 import json
@@ -77,4 +78,22 @@ def test_bad_request_is_a_json_4xx_and_the_worker_survives(detector_server, phot
     assert r.status_code == 415
     assert r.json()["code"] == 415 and "not an image" in r.json()["message"]
     assert detections(detector_server.client.predict(MODEL, photo_bytes["rocket.jpg"]))[0]["label"] == "rocket"
+    assert detector_server.client.ready_workers(MODEL) == 1
+
+
+def test_explanations_over_http(detector_server):
+    """Each detection with its saliency map and heatmap; a bad target is a JSON 400."""
+    c = detector_server.client
+    image, boxes, labels = heldout_scenes(1)[0]
+    url, headers = f"{c.inference_url}/explanations/{MODEL}", c._headers("inference")
+    r = c.session.post(url, data=png(image), headers=headers, timeout=300)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["method"] == "saliency" and body["input_size"] == list(image.size)
+    assert {d["label"] for d in body["detections"]} <= set(OBJECTS) and body["detections"]
+    for det in body["detections"]:
+        assert base64.b64decode(det["heatmap_png"])[:4] == b"\x89PNG" and 0 < det["mass_in_box"] <= 1
+    bad = c.session.post(url, json={"data": base64.b64encode(png(image)).decode(), "target": "unicorn"},
+                         headers=headers, timeout=300)
+    assert bad.status_code == 400 and bad.json()["type"] == "BadTarget"
     assert detector_server.client.ready_workers(MODEL) == 1

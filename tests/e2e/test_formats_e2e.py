@@ -13,6 +13,7 @@ from handlers.integrity import MANIFEST_NAME
 from tskit.server import TorchServeProcess
 
 from export.zoo import CONFIG_DIR
+from tests.e2e.conftest import tamper_archive
 
 REPO = CONFIG_DIR.parent
 
@@ -56,12 +57,9 @@ def test_verify_against_the_live_server(format_server, format_archives, fmt):
 def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
-    bad = store / "efficientnet_lite0.mar"
-    with zipfile.ZipFile(default_mar) as src, zipfile.ZipFile(bad, "w") as out:
+    tamper_archive(default_mar, store / "efficientnet_lite0.mar", "handlers/payload.py")
+    with zipfile.ZipFile(default_mar) as src:
         manifest = json.loads(src.read(MANIFEST_NAME))
-        for item in src.infolist():
-            data = src.read(item.filename)
-            out.writestr(item, data + b"\n# injected\n" if item.filename == "handlers/payload.py" else data)
     ts = TorchServeProcess(tmp_path / "ts", REPO / "config.properties", store,
                            overrides={"models": one_worker_each(["efficientnet_lite0"])})
     ts.start(wait=False)
@@ -75,3 +73,13 @@ def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
     finally:
         ts.stop()
     assert manifest["files"]["handlers/payload.py"]
+
+
+def test_the_onnx_default_explains_with_curl(format_server, format_archives, photos, curl):
+    """What `make serve` serves: an ONNX archive, explained on the eager weights it ships, with the README's
+    curl command (-T, the Bearer token from key_file.json); an archive without them answers a JSON 501."""
+    status, body = curl(format_server, f"/explanations/{format_archives['onnx'].stem}", "-T", str(photos["chelsea.png"]))
+    assert status == 200, body
+    assert body["target"] in SAMPLE_TOP1["chelsea.png"] and len(body["attributions"]) == 224
+    status, body = curl(format_server, f"/explanations/{format_archives['aoti'].stem}", "-T", str(photos["coffee.png"]))
+    assert status == 501 and body["type"] == "ExplanationsUnavailable" and "--explain-weights" in body["message"]

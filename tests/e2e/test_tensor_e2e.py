@@ -138,3 +138,26 @@ def test_drift_gauges_stay_low_on_held_out_rows_and_rise_on_rescaled_ones(server
     assert server.client.metric_by("TskitDriftMax", "ModelName") == {MODEL: max(after.values())}
     assert "input drift: PSI above 0.20 for mean texture, texture error, worst texture" in server.log()
 
+
+def explain(server, **kwargs):
+    c = server.client
+    return c.session.post(f"{c.inference_url}/explanations/{MODEL}", headers=c._headers("inference"), timeout=120,
+                          **kwargs)
+
+
+def test_explanations_over_http(server, expected):
+    """Per-feature Integrated Gradients with the schema's feature names; the attributions add up to the
+    output change from the baseline; a bad target is that request's JSON 400."""
+    x_test, _, model_top1 = expected
+    r = explain(server, json=x_test[0].tolist())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["target"] == model_top1[0] and body["attributions"][0][0] == "mean radius"
+    total = sum(score for _, score in body["attributions"])
+    change = body["output"] - body["baseline_output"]
+    assert total == pytest.approx(change, abs=0.02 * abs(change) + 0.02)
+    many = explain(server, json={"data": x_test[:3].tolist(), "target": "malignant"})
+    assert many.status_code == 200 and [a["target"] for a in many.json()] == ["malignant"] * 3
+    bad = explain(server, json={"data": x_test[0].tolist(), "target": "unicorn"})
+    assert bad.status_code == 400 and bad.json()["type"] == "BadTarget"
+    assert top1(post(server, json=x_test[1].tolist())) == model_top1[1]

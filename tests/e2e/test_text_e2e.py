@@ -105,3 +105,39 @@ def test_bad_requests_get_a_json_4xx_and_the_worker_survives(text_server, held_o
     assert r.json()["code"] == status and r.json()["type"] == kind
     assert top1(post(text_server, data=held_out[0][0].encode())) in LABELS
     assert text_server.client.ready_workers(MODEL) == 1
+
+
+SPAM = "WINNER!! You have won a FREE prize. Call 09061701461 now to claim your cash award"
+
+
+def test_explanations_with_curl(text_server, curl):
+    """The real curl binary, the Bearer token from key_file.json: per-token attributions for a raw text body,
+    a chosen target in JSON, a bad target as a JSON 400; the worker keeps serving."""
+    plain = ("-H", "Content-Type: text/plain")  # curl's default form-urlencoded type gets parsed into fields
+    status, body = curl(text_server, f"/explanations/{MODEL}", *plain, "--data-binary", SPAM)
+    assert status == 200 and body["target"] == "spam", body
+    assert len(body["tokens"]) == 18 and {"free", "call"} <= {t for t, _ in body["top_tokens"]}
+    status, body = curl(text_server, f"/explanations/{MODEL}", "-H", "Content-Type: application/json",
+                        "-d", json.dumps({"text": SPAM, "target": "ham"}))
+    assert status == 200 and body["target"] == "ham" and body["probability"] < 0.01
+    status, body = curl(text_server, f"/explanations/{MODEL}", "-H", "Content-Type: application/json",
+                        "-d", json.dumps({"text": SPAM, "target": "eggs"}))
+    assert status == 400 and body["type"] == "BadTarget" and "'eggs'" in body["message"]
+    status, body = curl(text_server, f"/predictions/{MODEL}", *plain, "--data-binary", SPAM)
+    assert status == 200 and next(iter(body)) == "spam"
+
+
+def test_explanations_and_predictions_batched_together(text_server, held_out):
+    c = text_server.client
+    texts = [t for t, _ in held_out[:8]]
+
+    def send(k):
+        endpoint = "explanations" if k % 2 else "predictions"
+        return c.session.post(f"{c.inference_url}/{endpoint}/{MODEL}", data=texts[k].encode(),
+                              headers=c._headers("inference"), timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(send, range(len(texts))))
+    assert [r.status_code for r in responses] == [200] * len(texts), [r.text for r in responses]
+    for k, r in enumerate(responses):
+        assert ("tokens" in r.json()) == bool(k % 2)

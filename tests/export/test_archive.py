@@ -46,3 +46,43 @@ def test_missing_files_and_unknown_handler_are_explained(tmp_path):
                                   export_path=str(tmp_path)))
     with pytest.raises(ValueError, match="unknown handler 'segmenter'"):
         build_archive(ArchiveSpec("m", str(weights), handler="segmenter", export_path=str(tmp_path)))
+
+
+def test_build_explain_weights_make_an_onnx_archive_explain(tmp_path):
+    """`tskit build --explain-weights`: an ONNX tabular archive ships the eager weights (hashed in the
+    manifest), explains on them, and loads them only for an explanation; without them it answers 501."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from export.formats import export_model
+    from export.zoo.tabular import ZOO_DIR, export_files, load_split
+    from export.zoo.tabular_mlp import TabularMLP
+    from handlers.explain import EXPLAIN_MODEL_FILE, EXPLAIN_WEIGHTS
+    from handlers.integrity import read_manifest
+    from handlers.tensor import TensorHandler
+    from tskit.testing import load_handler, run_batch, unpack_archive
+
+    weights, schema = export_files(tmp_path / "train")
+    model = TabularMLP()
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    onnx = export_model(model, torch.randn(2, 30), "onnx", tmp_path / "onnx", "mlp").serialized_file
+    row = {"body": load_split()[1][0].tolist()}
+    for name, extra in (("with", ["--explain-weights", str(weights), "--explain-model-file",
+                                  str(ZOO_DIR / "tabular_mlp.py")]), ("without", [])):
+        cmd = [sys.executable, "-m", "tskit.cli", "build", name, "--serialized-file", str(onnx), "--handler", "tensor",
+               "--extra-files", str(schema), "--export-path", str(tmp_path / "store"), *extra]
+        built = subprocess.run(cmd, capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr
+        model_dir = unpack_archive(tmp_path / "store" / f"{name}.mar", tmp_path / name)
+        handler = load_handler(TensorHandler, model_dir)
+        assert handler.model_format == "onnx"
+        [(status, prediction)] = run_batch(handler, [row])
+        assert status == 200 and handler._explainer is None
+        [(status, body)] = run_batch(handler, [row], headers=[{"explain": "True"}])
+        if name == "with":
+            assert {EXPLAIN_WEIGHTS, EXPLAIN_MODEL_FILE} <= set(read_manifest(model_dir)["files"])
+            assert status == 200 and body["target"] == next(iter(prediction)), body
+        else:
+            assert status == 501 and "compiled (onnx)" in body["message"]

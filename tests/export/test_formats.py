@@ -54,10 +54,24 @@ def test_torchscript_script_method_and_bad_format(tmp_path):
 
 
 def test_explanations_need_gradients(handlers_by_format, photo_bytes):
-    """TorchScript explains like eager; compiled formats answer 501 with the reason."""
+    """TorchScript explains like eager; the ONNX archive explains on the eager weights it ships (loaded on
+    the first explanation, not before); the AOTInductor one ships none and answers 501 saying how to fix it."""
     request = [{"body": photo_bytes["coffee.png"]}]
-    [(status, body)] = run_batch(handlers_by_format["torchscript"], request, headers=[{"explain": "True"}])
-    assert status == 200 and body["target"] == "espresso"
-    for fmt in ("onnx", "aoti"):
+    for fmt in ("torchscript", "onnx"):
         [(status, body)] = run_batch(handlers_by_format[fmt], request, headers=[{"explain": "True"}])
-        assert status == 501 and "eager or TorchScript" in body["message"]
+        assert status == 200 and body["target"] == "espresso", (fmt, body.get("message"))
+    [(status, body)] = run_batch(handlers_by_format["aoti"], request, headers=[{"explain": "True"}])
+    assert status == 501 and body["type"] == "ExplanationsUnavailable"
+    assert "compiled (aoti)" in body["message"] and "--explain-weights" in body["message"]
+
+
+def test_explanation_model_ships_hashed_and_loads_lazily(format_archives, tmp_path):
+    from handlers.explain import EXPLAIN_MODEL_FILE, EXPLAIN_WEIGHTS
+    from handlers.integrity import read_manifest
+
+    model_dir = unpack_archive(format_archives["onnx"], tmp_path / "onnx")
+    files = read_manifest(model_dir)["files"]
+    assert EXPLAIN_WEIGHTS in files and EXPLAIN_MODEL_FILE in files
+    handler = load_handler(ImageClassifier, model_dir)
+    run_batch(handler, [{"body": b"not an image"}])
+    assert handler._explainer is None  # prediction workers never load it

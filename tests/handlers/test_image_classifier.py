@@ -152,7 +152,11 @@ def test_attributions_are_concentrated_not_uniform(classifier, photo_bytes):
     assert a[: a.size // 10].sum() / a.sum() > 0.3
 
 
-def test_unknown_explanation_target_is_a_400(classifier, photo_bytes):
-    request = {"body": {"data": base64.b64encode(photo_bytes["coffee.png"]).decode(), "target": "unicorn"}}
-    [(status, body)] = run_batch(classifier, [request], headers=[{"explain": "True"}])
-    assert status == 400 and "unknown explanation target 'unicorn'" in body["message"]
+def test_bad_explanation_targets_fail_alone(classifier, photo_bytes):
+    data = base64.b64encode(photo_bytes["coffee.png"]).decode()
+    results = run_batch(classifier, [{"body": {"data": data, "target": "unicorn"}}, {"body": {"data": data, "target": 1000}},
+                                     {"body": {"data": data, "target": 967}}], headers=[{"explain": "True"}] * 3)
+    assert [status for status, _ in results] == [400, 400, 200]
+    assert "unknown explanation target 'unicorn'" in results[0][1]["message"]
+    assert "out of range: the model has 1000 classes" in results[1][1]["message"]
+    assert results[2][1]["target"] == "espresso"

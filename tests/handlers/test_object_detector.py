@@ -7,6 +7,7 @@ import base64
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -192,3 +193,42 @@ def test_bad_config_fails_the_load_with_a_fix(detector_dir, section, fragment):
     with pytest.raises(ConfigError) as err:
         load_handler(ObjectDetector, detector_dir, yaml_overrides={"handler": section})
     assert fragment in str(err.value)
+
+
+EXPLAIN = {"explain": "True"}
+
+
+def test_each_detection_comes_with_a_saliency_map_on_its_object(detector, clean_scenes):
+    """Explaining a scene returns the detections a prediction returns, each with |d score / d pixel|: that
+    saliency sits on the object (several times the share a uniform map would put in the box)."""
+    images = [image for image, _, _ in clean_scenes[:3]]
+    results = run_batch(detector, [{"body": encode(im)} for im in images] + [{"body": encode(images[0])}],
+                        headers=[EXPLAIN] * 3 + [{}])
+    assert [status for status, _ in results] == [200] * 4
+    predicted = results[3][1]
+    concentration = []
+    for image, (_, body) in zip(images, results):
+        width, height = body["input_size"]
+        assert body["method"] == "saliency" and (width, height) == image.size  # scenes are at the model's size
+        for det in body["detections"]:
+            assert len(det["saliency"]) == -(-height // body["cell"]) and len(det["saliency"][0]) == -(-width // body["cell"])
+            assert Image.open(io.BytesIO(base64.b64decode(det["heatmap_png"]))).size == (width, height)
+            x1, y1, x2, y2 = det["box"]
+            concentration.append(det["mass_in_box"] / ((x2 - x1) * (y2 - y1) / (width * height)))
+    first = results[0][1]["detections"]
+    assert [(d["label"], d["box"]) for d in first] == [(d["label"], d["box"]) for d in predicted]
+    assert len(concentration) >= 3 and min(concentration) > 1.5 and np.median(concentration) > 2.5, concentration
+
+
+def test_explain_one_label_and_bad_targets(detector, clean_scenes):
+    scene = next(s for s in clean_scenes if len(set(s[2])) >= 2)
+    image, _, labels = scene
+    data = base64.b64encode(encode(image)).decode()
+    wanted = CLASSES[labels[0]]
+    results = run_batch(detector, [{"body": {"data": data, "target": wanted}}, {"body": {"data": data, "target": "unicorn"}},
+                                   {"body": {"data": data, "target": 99}}, {"body": b"not an image"}],
+                        headers=[EXPLAIN] * 4)
+    assert [status for status, _ in results] == [200, 400, 400, 415]
+    assert {d["label"] for d in results[0][1]["detections"]} == {wanted}
+    assert "unknown explanation target 'unicorn'" in results[1][1]["message"]
+    assert "out of range" in results[2][1]["message"]

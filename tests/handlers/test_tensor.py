@@ -247,9 +247,9 @@ def test_without_labels_the_answer_is_the_raw_output(tmp_path, split, reference)
 
 def test_missing_schema_fails_the_load_with_a_fix(tmp_path):
     spec = tabular_spec(str(tmp_path / "store"), tmp_path / "build")
-    with pytest.raises(RuntimeError, match="--extra-files tensor_schema.json"):  # the golden replay catches it
+    with pytest.raises(RuntimeError, match="--extra-files tensor_schema.json"):  # the build-time replay catches it
         build_archive(dataclasses.replace(spec, extra_files=[]))
-    mar = build_archive(dataclasses.replace(spec, extra_files=[], golden_inputs=[]))
+    mar = build_archive(dataclasses.replace(spec, extra_files=[], golden_inputs=[], reference_inputs=[]))
     with pytest.raises(ConfigError, match="--extra-files tensor_schema.json"):
         load_handler(TensorHandler, unpack_archive(mar, tmp_path / "unpacked"))
 
@@ -270,6 +270,8 @@ def test_topk_from_the_config(model_dir, split):
     ({"max_rows": 0}, "'max_rows' must be a positive int"),
     ({"labels": ["a", "a"]}, "distinct class names"),
     ({"colour": "red"}, "keys among"),
+    ({"baseline": [0.0] * 29}, "'baseline' must be one example of shape [30]"),
+    ({"baseline": ["x"] * 30}, "'baseline' must be one example of shape [30]"),
 ])
 def test_bad_schema_is_a_config_error(model_dir, tmp_path, changes, fragment):
     schema = {**json.loads((model_dir / "tensor_schema.json").read_text()), **changes}
@@ -306,3 +308,54 @@ def test_drift_held_out_rows_stay_low_rescaled_texture_drifts(model_dir, split, 
     after = psi_after(shifted)
     assert sorted(handler.drift.drifted) == sorted(handler.feature_names[i] for i in texture), after
     assert "input drift: PSI above 0.20 for mean texture, texture error, worst texture" in caplog.text
+
+
+EXPLAIN = {"explain": "True"}
+
+
+def test_attributions_sum_to_the_output_change(handler, split, reference, model_dir):
+    """Integrated Gradients' completeness: per row, the attributions add up to f(x) - f(baseline) for the
+    target logit; the baseline is the schema's (the training rows' mean), names in feature order."""
+    _, x_test, _, _ = split
+    schema = json.loads((model_dir / "tensor_schema.json").read_text())
+    results = run_batch(handler, [{"body": x_test[i].tolist()} for i in range(4)], headers=[EXPLAIN] * 4)
+    with torch.inference_mode():
+        logits = reference(torch.from_numpy(x_test[:4]))
+        at_baseline = reference(torch.tensor([schema["baseline"]]))[0]
+    for (status, body), row in zip(results, logits):
+        assert status == 200 and body["method"] == "integrated_gradients"
+        t = body["target_index"]
+        assert t == int(row.argmax()) and body["target"] == LABELS[t]  # top-1 by default
+        assert [name for name, _ in body["attributions"]] == schema["feature_names"]
+        total = sum(score for _, score in body["attributions"])
+        assert body["output"] == pytest.approx(float(row[t]), abs=1e-4)
+        assert body["baseline_output"] == pytest.approx(float(at_baseline[t]), abs=1e-4)
+        change = float(row[t] - at_baseline[t])
+        assert total == pytest.approx(change, abs=0.02 * abs(change) + 0.02), (total, change)
+
+
+def test_explanations_several_rows_targets_and_predictions_in_one_batch(handler, split):
+    _, x_test, _, _ = split
+    results = run_batch(handler, [
+        {"body": {"data": x_test[:3].tolist(), "target": "malignant"}},
+        {"body": {"data": x_test[3].tolist(), "target": 1}},
+        {"body": {"data": x_test[3].tolist(), "target": "unicorn"}},
+        {"body": {"data": x_test[3].tolist(), "target": 5}},
+        {"body": x_test[0][:29].tolist()},
+        {"body": x_test[4].tolist()},
+    ], headers=[EXPLAIN] * 5 + [{}])
+    assert [status for status, _ in results] == [200, 200, 400, 400, 400, 200]
+    rows, one, unicorn, five, _, predicted = (body for _, body in results)
+    assert isinstance(rows, list) and len(rows) == 3 and {r["target"] for r in rows} == {"malignant"}
+    assert one["target"] == "benign" and len(one["attributions"]) == 30
+    assert "unknown explanation target 'unicorn'" in unicorn["message"] and five["type"] == "BadTarget"
+    assert top1(predicted) in LABELS
+
+
+def test_explaining_the_other_class_flips_the_signs(handler, split):
+    """Two logits: what argues for one class argues against the other."""
+    row = split[1][0].tolist()
+    [(_, a), (_, b)] = run_batch(handler, [{"body": {"data": row, "target": 0}}, {"body": {"data": row, "target": 1}}],
+                                 headers=[EXPLAIN] * 2)
+    biggest = max(a["attributions"], key=lambda pair: abs(pair[1]))[0]
+    assert np.sign(dict(a["attributions"])[biggest]) != np.sign(dict(b["attributions"])[biggest])

@@ -201,3 +201,57 @@ def test_drift_held_out_messages_stay_low_scrambled_words_drift(text_model_dir, 
     scrambled = psi_after([re.sub(r"\w+", lambda m: m.group(0)[::-1], t) for t, _ in held_out])
     assert scrambled["unknown_rate"] > 1.0 and scrambled["tokens"] < 0.05, scrambled
     assert "input drift: PSI above 0.20 for unknown_rate" in caplog.text
+
+
+SPAM = "WINNER!! You have won a FREE prize. Call 09061701461 now to claim your cash award"
+EXPLAIN = {"explain": "True"}
+
+
+def scores_of(explanation: dict) -> dict:
+    return {token: score for token, score in explanation["tokens"]}
+
+
+def test_explanation_points_at_the_spam_words(text_handler):
+    [(status, body)] = run_batch(text_handler, [{"body": SPAM}], headers=[EXPLAIN])
+    assert status == 200 and body["target"] == "spam" and body["method"] == "integrated_gradients"
+    assert [t for t, _ in body["tokens"]] == tokenize(SPAM, re.compile(TOKEN_PATTERN))  # input order
+    scores = scores_of(body)
+    filler = [scores[w] for w in ("you", "have", "a", "to", "now")]
+    assert min(scores["free"], scores["call"], scores["cash"]) > max(filler), scores
+    assert {"free", "call", "cash"} <= {t for t, _ in body["top_tokens"]}
+
+
+def test_explanations_and_predictions_share_a_batch(text_handler, samples):
+    ham = samples["ham"][0]
+    results = run_batch(text_handler, [
+        {"body": SPAM}, {"body": ham}, {"body": {"text": ham, "target": "spam"}}, {"body": {"text": SPAM, "target": 0}},
+        {"body": {"text": SPAM, "target": "eggs"}}, {"body": {"text": SPAM, "target": 2}}, {"body": b""}, {"body": ham},
+    ], headers=[EXPLAIN, EXPLAIN, EXPLAIN, EXPLAIN, EXPLAIN, EXPLAIN, EXPLAIN, {}])
+    assert [status for status, _ in results] == [200, 200, 200, 200, 400, 400, 400, 200]
+    spam, ham_explained, ham_as_spam, spam_as_ham, eggs, out_of_range, _, predicted = (b for _, b in results)
+    assert spam["target"] == "spam" and ham_explained["target"] == "ham" and top1(predicted) == "ham"
+    assert ham_as_spam["target"] == "spam" and ham_as_spam["probability"] < 0.5
+    assert spam_as_ham["target"] == "ham" and spam_as_ham["target_index"] == 0
+    # the same words, to the opposite class: opposite sign (two classes, IG from the same baseline)
+    assert scores_of(spam_as_ham)["free"] < 0 < scores_of(spam)["free"]
+    assert eggs["type"] == "BadTarget" and "'eggs'" in eggs["message"]
+    assert "out of range: the model has 2 classes" in out_of_range["message"]
+
+
+def test_batched_explanations_equal_single_ones(text_handler, samples):
+    """Padding to the batch's longest text changes no token's attribution."""
+    short, long_text = samples["spam"][0], samples["long"][-1]
+    [(_, alone)] = run_batch(text_handler, [{"body": short}], headers=[EXPLAIN])
+    batched = run_batch(text_handler, [{"body": long_text}, {"body": short}], headers=[EXPLAIN, EXPLAIN])
+    assert [t for t, _ in batched[1][1]["tokens"]] == [t for t, _ in alone["tokens"]]
+    assert [s for _, s in batched[1][1]["tokens"]] == pytest.approx([s for _, s in alone["tokens"]], abs=1e-3)
+    assert len(batched[0][1]["tokens"]) > len(alone["tokens"])
+
+
+def test_saliency_method_from_config(text_model_dir):
+    handler = load_handler(TextClassifier, text_model_dir, yaml_overrides={
+        "handler": {"explain_method": "saliency", "warmup": False}})
+    [(status, body)] = run_batch(handler, [{"body": SPAM}], headers=[EXPLAIN])
+    assert status == 200 and body["method"] == "saliency" and all(s >= 0 for _, s in body["tokens"])
+    with pytest.raises(ConfigError, match="explain_steps in 1..1024"):
+        load_handler(TextClassifier, text_model_dir, yaml_overrides={"handler": {"explain_steps": 0}})

@@ -26,6 +26,7 @@ def test_shipped_config_is_secure_and_local():
     assert props.get("enable_model_api", "false") == "false"
     assert props["metrics_mode"] == "prometheus"
     assert not any(k in props for k in ("batch_size", "max_batch_delay")), "TorchServe has no global batch keys"
+    assert int(props["job_queue_size"]) > 0, "a bounded queue: excess requests get a fast 503"
 
 
 def test_shipped_config_matches_the_default_archive_config():
