@@ -219,8 +219,12 @@ def rollout(client: TorchServeClient, mar: str | Path, model_store: str | Path, 
         raise ValueError(f"{mar} carries no golden inputs to replay: pass --samples FILES_OR_DIR")
     workers = max(1, len(serving.get("workers", [])))
     register(client, mar, model_store, workers)
-    report = replay_versions(client, name, old, new, samples, rounds)
-    reasons = report.refusals(min_agreement, max_latency_ratio)
+    try:
+        report = replay_versions(client, name, old, new, samples, rounds)
+        reasons = report.refusals(min_agreement, max_latency_ratio)
+    except BaseException:  # the serving version stays alone, whatever stopped the replay
+        unregister(client, name, new)
+        raise
     if reasons:
         unregister(client, name, new)
         return RolloutResult(False, report, reasons)
