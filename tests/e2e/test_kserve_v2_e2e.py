@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from export.golden import compare
 from export.zoo import DEFAULT_NAME, SAMPLE_TOP1
 from export.zoo.detection import DETECTOR_NAME, detection_quality, heldout_scenes
 from export.zoo.tabular import TABULAR_NAME, dataset_info, load_split
@@ -50,7 +51,7 @@ def test_images_as_base64_files_and_as_uint8_pixels(server, photo_bytes):
     answers = v2_infer(server, DEFAULT_NAME, {"coffee": b64(photo_bytes["coffee.png"]),
                                               "cat": b64(photo_bytes["chelsea.png"]), "coffee_pixels": pixels})
     assert top1(answers["coffee"]) in SAMPLE_TOP1["coffee.png"] and top1(answers["cat"]) in SAMPLE_TOP1["chelsea.png"]
-    assert answers["coffee_pixels"] == answers["coffee"]  # a PNG decodes to exactly these pixels
+    assert compare(answers["coffee"], answers["coffee_pixels"], 1e-5) == []  # a PNG decodes to these pixels
 
 
 def test_text_messages_as_bytes(server):
@@ -79,7 +80,11 @@ def test_detector_scenes_as_base64_and_as_pixels(server):
     quality = detection_quality([answers[f"s{i}"] for i in range(len(scenes))], scenes)
     assert quality["recall"] >= 0.8 and quality["precision"] >= 0.8, quality
     as_pixels = v2_infer(server, DETECTOR_NAME, {"p": np.asarray(scenes[0][0].convert("RGB"))})
-    assert as_pixels["p"] == answers["s0"]
+    # the same detections; alone or in a batch of four, floats may round apart in the last digit
+    assert [d["label"] for d in as_pixels["p"]] == [d["label"] for d in answers["s0"]]
+    for alone, batched in zip(as_pixels["p"], answers["s0"]):
+        assert abs(alone["score"] - batched["score"]) <= 1e-3
+        assert max(abs(a - b) for a, b in zip(alone["box"], batched["box"])) <= 0.2
 
 
 def test_a_bad_input_is_answered_in_place_and_the_worker_survives(server):
