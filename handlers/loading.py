@@ -46,7 +46,15 @@ def load_module_class(model_file: str, class_name: str | None = None) -> type:
     spec = importlib.util.spec_from_file_location(name, model_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    folder = os.path.dirname(os.path.abspath(model_file))
+    added = folder not in sys.path
+    if added:  # files shipped beside the model file import as they would in the worker (model_dir is on its path)
+        sys.path.append(folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(folder)
     classes = {
         cname: obj
         for cname, obj in vars(module).items()

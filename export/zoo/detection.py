@@ -9,7 +9,8 @@ sees (the objects are the same six photos, in new crops, sizes, tints and places
 the training scenes are computed once; only the FPN and head train, for 10 epochs over 256 scenes.
 
 This file is also the archive's `--model-file`: it imports only torch, torchvision and what they depend on
-(numpy, Pillow) at the top, and `SceneDetector` is its one top-level nn.Module (built with no arguments).
+(numpy, Pillow) at the top, plus the Lite0 blocks from `efficientnet_lite0.py`, which the archive ships beside
+it; `SceneDetector` is its one top-level nn.Module (built with no arguments).
 """
 import functools
 import importlib.util
@@ -32,7 +33,13 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+try:  # as export.zoo.detection: training, tests
+    from .efficientnet_lite0 import STAGES as LITE0_STAGES, MBConv, SameConv2d
+except ImportError:  # as an archive's model file, which ships efficientnet_lite0.py beside it
+    from efficientnet_lite0 import STAGES as LITE0_STAGES, MBConv, SameConv2d
+
 logger = logging.getLogger(__name__)
+LITE0_FILE = Path(__file__).resolve().with_name("efficientnet_lite0.py")  # the blocks' source, for the archive
 
 CLASSES = ["cat", "coffee", "rocket", "astronaut", "motorcycle", "horse"]
 SCENE_SIZE = 256  # training scenes are square; the handler resizes the shorter side to this
@@ -40,45 +47,7 @@ MAX_SIZE = 448  # ... unless the longer side would exceed this
 LITE0_MEAN, LITE0_STD = [127 / 255] * 3, [128 / 255] * 3  # EfficientNet-Lite was trained on (x - 127) / 128
 FPN_CHANNELS = 64
 
-# EfficientNet-Lite0's stages (repeats, kernel, stride, expand, in, out), as in efficientnet_lite0.py.
-LITE0_STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
 C4_BLOCK = 10  # the last block at stride 16
-
-
-class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow's SAME padding (the Lite0 checkpoint was ported from TensorFlow)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        (kh, kw), (sh, sw) = self.weight.shape[-2:], self.stride
-        pad_h = max((ih + sh - 1) // sh * sh - sh + kh - ih, 0)
-        pad_w = max((iw + sw - 1) // sw * sw - sw + kw - iw, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-class MBConv(nn.Module):
-    """Lite0's inverted residual block; module names match the checkpoint."""
-
-    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int):
-        super().__init__()
-        mid = cin * expand
-        self.has_expand = expand != 1
-        if self.has_expand:
-            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
-        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
-        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
-        self.skip = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
-        y = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(y)))))
-        return y + x if self.skip else y
 
 
 class LiteTrunk(nn.Module):
@@ -382,7 +351,8 @@ def write_detector_files(work_dir: str | Path) -> dict[str, str]:
     torch.save(trained_state(), files["serialized_file"])
     files["labels"].write_text(json.dumps({str(i): name for i, name in enumerate(CLASSES)}))
     files["config"].write_text(yaml.safe_dump(DETECTOR_CONFIG, sort_keys=False))
-    return {"model_file": str(Path(__file__).resolve()), **{k: str(v) for k, v in files.items()}}
+    return {"model_file": str(Path(__file__).resolve()), "extra_files": str(LITE0_FILE),
+            **{k: str(v) for k, v in files.items()}}
 
 
 def detector_spec(export_path: str | Path, work_dir: str | Path):
@@ -398,7 +368,7 @@ def detector_spec(export_path: str | Path, work_dir: str | Path):
         golden.append(GoldenInput(f"scene-{i}.png", buf.getvalue(), "image/png"))
     return ArchiveSpec(name=DETECTOR_NAME, handler="object_detector", serialized_file=files["serialized_file"],
                        model_file=files["model_file"], labels=files["labels"], config=dict(DETECTOR_CONFIG),
-                       export_path=str(export_path), golden_inputs=golden)
+                       export_path=str(export_path), golden_inputs=golden, extra_files=[files["extra_files"]])
 
 
 def build_detector_archive(export_path: str | Path, work_dir: str | Path) -> Path:

@@ -29,7 +29,7 @@ def detector_server(tmp_path_factory):
     store = work / "model_store"
     cmd = TSKIT + ["build", MODEL, "--serialized-file", files["serialized_file"], "--model-file", files["model_file"],
                    "--handler", "object_detector", "--labels", files["labels"], "--config", files["config"],
-                   "--export-path", str(store)]
+                   "--extra-files", files["extra_files"], "--export-path", str(store)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **SETTINGS}}}
