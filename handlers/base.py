@@ -284,7 +284,8 @@ class TskitHandler(BaseHandler):
                 rejected.append(answer.kind)
             else:
                 responses[positions[k]] = answer
-        keep = [k for k in range(len(items)) if k not in set(wanted)]
+        answered = set(wanted)
+        keep = [k for k in range(len(items)) if k not in answered]
         return [items[k] for k in keep], [positions[k] for k in keep]
 
     def explainer(self) -> torch.nn.Module:

@@ -98,16 +98,20 @@ class ImageClassifier(TskitHandler):
 
     def decode(self, request: dict) -> torch.Tensor:
         cfg = self.config
-        # draft to twice the target: the DCT-scaled decode then still gets an antialiased PIL resize, which
-        # keeps top-1 agreement with full decoding (tskit accuracy); photos under 2x resize decode in full
         image = tensor_image(request)  # a v2 input of pixels, else None
         if image is None:
+            # draft to twice the target: the DCT-scaled decode then still gets an antialiased PIL resize, which
+            # keeps top-1 agreement with full decoding (tskit accuracy); photos under 2x resize decode in full
             image = decode_image(request_bytes(request), 2 * cfg["resize"] if cfg["fast_decode"] else 0)
         return torch.from_numpy(resize_center_crop(image, cfg["resize"], cfg["crop"]))
 
-    def collate(self, items: list) -> torch.Tensor:
+    def normalised(self, items: list) -> torch.Tensor:
+        """Decoded HxWx3 uint8 crops to a normalised fp32 NCHW batch on the device."""
         batch = self.to_device(torch.stack(items)).permute(0, 3, 1, 2).float()  # uint8 over the bus
-        return self.to_model_input((batch - self.mean) / self.std)
+        return (batch - self.mean) / self.std
+
+    def collate(self, items: list) -> torch.Tensor:
+        return self.to_model_input(self.normalised(items))
 
     def respond(self, logits: torch.Tensor) -> list[dict]:
         probs = torch.softmax(logits.float(), dim=1)
@@ -127,7 +131,7 @@ class ImageClassifier(TskitHandler):
         attributions summed over channels) and a heatmap."""
         method, steps = self.config["explain_method"], self.config["explain_steps"]
         model = self.explainer()
-        batch = ((torch.stack(items).permute(0, 3, 1, 2).float() - self.mean.cpu()) / self.std.cpu()).to(self.device)
+        batch = self.normalised(items)  # fp32 whatever the serving precision
         with torch.inference_mode():
             probs = torch.softmax(model(batch).float(), dim=1).cpu()
 

@@ -137,7 +137,7 @@ class TextClassifier(TskitHandler):
         model = self.explainer()
         layer = find_embedding(model, self.config["explain_layer"])
         forward = embedding_forward(model, layer)
-        ids = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=self.pad_id).to(self.device)
+        ids = self.collate(items)  # token ids keep their dtype whatever the serving precision
         with torch.inference_mode():
             embeddings = layer(ids)
             probs = torch.softmax(model(ids).float(), dim=1).cpu()
