@@ -7,6 +7,7 @@ number within the tolerance of the precision in use.
 """
 import json
 import math
+import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +23,22 @@ class GoldenInput:
     content_type: str = "application/octet-stream"
 
 
-CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain"}
+def content_type(path: Path) -> str:
+    """A file's content type from its suffix, as a client would send it."""
+    if path.suffix == ".json":
+        return "application/json"
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 def inputs_from_files(paths) -> list[GoldenInput]:
-    """Files, or every file of a folder, as request bodies (content type from the suffix)."""
+    """Files, or every file below a folder (hidden ones skipped), as request bodies."""
     files = []
     for path in map(Path, paths):
-        files += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    return [GoldenInput(p.name, p.read_bytes(), CONTENT_TYPES.get(p.suffix, "application/octet-stream"))
-            for p in files]
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            files.append(path)
+    return [GoldenInput(p.name, p.read_bytes(), content_type(p)) for p in files]
 
 
 def tolerance(*precisions: str) -> float:

@@ -8,36 +8,26 @@ model sees. The result is stored in the archive as `tskit-reference.json` and ha
 CASES.json: [{"input": "/path/of/payload", "content_type": "image/jpeg"}, ...]
 """
 import json
-import mimetypes
 import sys
 from pathlib import Path
 
-from export.golden import GoldenInput
+from export.golden import GoldenInput, inputs_from_files
 from export.replay import handler_class, run_in_fresh_python
 
 BATCH = 16  # requests per handler batch while computing the reference
-
-
-def content_type(path: Path) -> str:
-    if path.suffix == ".json":
-        return "application/json"
-    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 def read_reference_inputs(path: str | Path) -> list[GoldenInput]:
     """`tskit build --reference`: a folder (every file one request), a `.jsonl` file (every line one JSON
     request) or any other file (one request)."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        return [GoldenInput(p.name, p.read_bytes(), content_type(p)) for p in files]
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"reference inputs not found: {path}")
     if path.suffix == ".jsonl":
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [GoldenInput(f"{path.stem}-{i}.json", line.encode("utf-8"), "application/json")
                 for i, line in enumerate(lines)]
-    return [GoldenInput(path.name, path.read_bytes(), content_type(path))]
+    return inputs_from_files([path])
 
 
 def compute_reference(model_dir: str | Path, inputs: list[GoldenInput], work_dir: str | Path) -> dict:

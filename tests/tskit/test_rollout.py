@@ -44,4 +44,4 @@ def test_samples_come_from_the_archive_or_from_files(default_mar, tmp_path):
     (tmp_path / "a.json").write_text('{"data": [1]}')
     (tmp_path / "b.jpg").write_bytes(golden[0].payload)
     found = {s.name: s.content_type for s in inputs_from_files([tmp_path])}
-    assert found == {"a.json": "application/json", "b.jpg": "application/octet-stream"}
+    assert found == {"a.json": "application/json", "b.jpg": "image/jpeg"}
