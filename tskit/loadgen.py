@@ -155,6 +155,11 @@ class BackgroundLoad:
         self.running = threading.Event()
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
+    @classmethod
+    def against(cls, client, model: str, payloads: list[bytes], clients: int = 4) -> "BackgroundLoad":
+        """Load on `model`'s predictions endpoint of the server behind `client`, with its inference key."""
+        return cls(f"{client.inference_url}/predictions/{model}", client._headers("inference"), payloads, clients)
+
     def _client(self) -> None:
         session = requests.Session()
         while self.running.is_set():

@@ -75,8 +75,7 @@ def wait_for(condition, timeout: float, step: float = 0.2):
 def test_kill_9_of_a_worker_under_load(faults_server, photo_bytes):
     ts = faults_server
     batch_size = ts.client.describe(DEFAULT_NAME)[0]["batchSize"]
-    url, headers = inference(ts, DEFAULT_NAME)
-    with BackgroundLoad(url, headers, list(photo_bytes.values()), clients=CLIENTS) as load:
+    with BackgroundLoad.against(ts.client, DEFAULT_NAME, list(photo_bytes.values()), clients=CLIENTS) as load:
         time.sleep(5)  # steady state: both workers busy
         before = worker_pids(ts.client, DEFAULT_NAME)
         assert len(before) == 2, before

@@ -4,12 +4,13 @@ config.properties with the register API turned on (`enable_model_api=true`), whi
 import json
 import subprocess
 import sys
-import threading
+import time
 
 import pytest
 
 from export.variants import derive_archive
 from export.zoo import DEFAULT_NAME
+from tskit.loadgen import BackgroundLoad
 from tskit.rollout import default_version, versions
 from tskit.server import TorchServeProcess
 
@@ -80,26 +81,14 @@ def test_a_rollout_that_agrees_is_promoted(versioned_server, candidates, photo_b
 
 def test_rollback_under_load_fails_no_request(versioned_server, photo_bytes):
     ts = versioned_server
-    statuses, stop = [], threading.Event()
-
-    def load():
-        while not stop.is_set():
-            statuses.append(ts.client.predict(MODEL, photo_bytes["chelsea.png"]).status_code)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        while len(statuses) < 8:  # load is flowing before the switch
-            stop.wait(0.1)
+    with BackgroundLoad.against(ts.client, MODEL, [photo_bytes["chelsea.png"]], clients=4) as load:
+        while len(load.outcomes) < 8:  # load is flowing before the switch
+            time.sleep(0.1)
         result = tskit(ts, "rollback", MODEL)
-        after = len(statuses)
-        while len(statuses) < after + 8:  # and keeps flowing after it
-            stop.wait(0.1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        after = len(load.outcomes)
+        while len(load.outcomes) < after + 8:  # and keeps flowing after it
+            time.sleep(0.1)
+    statuses = [o.status for o in load.outcomes]
     assert result.returncode == 0, result.stderr
     assert "2.0 -> 1.0" in result.stdout
     assert default_version(ts.client, MODEL)["modelVersion"] == "1.0"

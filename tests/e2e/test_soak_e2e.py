@@ -21,8 +21,7 @@ def test_worker_memory_levels_off_under_sustained_load(server, photo_bytes):
     pids = worker_pids(c, DEFAULT_NAME)
     assert len(pids) == 2, pids
     samples: list[tuple[float, float]] = []  # (seconds since start, total RSS in MiB)
-    url = f"{c.inference_url}/predictions/{DEFAULT_NAME}"
-    with BackgroundLoad(url, c._headers("inference"), list(photo_bytes.values()), clients=CLIENTS) as load:
+    with BackgroundLoad.against(c, DEFAULT_NAME, list(photo_bytes.values()), clients=CLIENTS) as load:
         start = time.monotonic()
         while (elapsed := time.monotonic() - start) < SOAK_S:
             samples.append((elapsed, sum(rss_mb(pid) or 0.0 for pid in pids.values())))
