@@ -263,7 +263,7 @@ def cmd_status(args) -> int:
     for entry in client.models():
         name = entry["modelName"]
         default = default_version(client, name)["modelVersion"]
-        for version in client.management("GET", f"/models/{name}/all").json():
+        for version in client.describe_all(name):
             workers = version.get("workers", [])
             states = ", ".join(f"{w['id']}:{w['status']}" for w in workers) or "no workers"
             mark = " (default)" if version["modelVersion"] == default else ""
@@ -275,8 +275,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    client_for(args).scale(args.model, args.min, args.max)
-    print(f"{args.model}: {client_for(args).ready_workers(args.model)} worker(s) READY")
+    client = client_for(args)
+    client.scale(args.model, args.min, args.max)
+    print(f"{args.model}: {client.ready_workers(args.model)} worker(s) READY")
     return 0
 
 

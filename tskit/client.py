@@ -100,6 +100,14 @@ class TorchServeClient:
         r.raise_for_status()
         return r.json()
 
+    def describe_all(self, model: str) -> list[dict]:
+        """Every registered version of `model` (`describe` gives the default one only); [] if none."""
+        r = self.management("GET", f"/models/{model}/all")
+        if r.status_code == 404:
+            return []
+        r.raise_for_status()
+        return r.json()
+
     def ready_workers(self, model: str) -> int:
         return sum(w.get("status") == "READY" for v in self.describe(model) for w in v.get("workers", []))
 

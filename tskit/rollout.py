@@ -136,11 +136,7 @@ def default_version(client: TorchServeClient, model: str) -> dict:
 
 
 def versions(client: TorchServeClient, model: str) -> list[str]:
-    response = client.management("GET", f"/models/{model}/all")
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    return [v["modelVersion"] for v in response.json()]
+    return [v["modelVersion"] for v in client.describe_all(model)]
 
 
 def read_history(workdir: str | Path) -> dict[str, list[str]]:
