@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tskit.client import TorchServeClient
@@ -121,6 +122,18 @@ class TorchServeProcess:
     def log(self, name: str = "model_log.log") -> str:
         path = self.log_dir / name
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_log(self, *fragments: str, timeout: float = 30, name: str = "model_log.log") -> str:
+        """The log once it holds every fragment, or as it is at the timeout.
+
+        The frontend writes worker output to the log asynchronously, so a line about a request can land
+        after its response has been sent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log(name)
+            if all(f in log for f in fragments) or time.monotonic() > deadline:
+                return log
+            time.sleep(0.2)
 
     def __enter__(self):
         return self.start()

@@ -52,7 +52,7 @@ def test_one_bad_request_in_a_batch_of_eight_fails_alone(server, photo_bytes):
         assert [r.status_code for r in answers] == [200] * 7 + [415]
         assert all(next(iter(r.json())) == "espresso" for r in answers[:7])
         bad_id = answers[-1].headers["x-request-id"]
-        batch = re.search(r"batch of (\d+) \[[^\]]*" + re.escape(bad_id), server.log())
+        batch = re.search(r"batch of (\d+) \[[^\]]*" + re.escape(bad_id), server.wait_log(bad_id))
         if batch and int(batch.group(1)) > 1:
             return
     pytest.fail("the bad request never shared a batch with good ones in 5 tries")

@@ -142,7 +142,7 @@ def test_a_handler_hanging_past_response_timeout_is_recovered(faults_server):
 
 def test_a_model_that_fails_to_load_says_why_in_the_log_and_in_status(faults_server):
     ts = faults_server
-    assert wait_for(lambda: "archive refused" in ts.log(), 240)
+    assert "archive refused" in ts.wait_log("archive refused", timeout=240)
     status = subprocess.run([sys.executable, "-m", "tskit.cli", "status", "--config", str(ts.config_file),
                              "--workdir", str(ts.workdir)], capture_output=True, text=True, cwd=REPO, timeout=120)
     print(status.stdout)

@@ -3,7 +3,6 @@ a tampered archive refused by a real worker."""
 import json
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
@@ -64,10 +63,7 @@ def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
                            overrides={"models": one_worker_each(["efficientnet_lite0"])})
     ts.start(wait=False)
     try:
-        deadline = time.monotonic() + 240  # generous: a loaded CI machine starts workers slowly
-        while time.monotonic() < deadline and "archive refused" not in ts.log():
-            time.sleep(1)
-        log = ts.log()
+        log = ts.wait_log("archive refused", timeout=240)  # generous: a loaded CI machine starts workers slowly
         assert "archive refused" in log and "handlers/payload.py: sha256" in log
         assert ts.client.ready_workers("efficientnet_lite0") == 0
     finally:

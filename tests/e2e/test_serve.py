@@ -70,9 +70,11 @@ def test_model_log_carries_request_ids_timings_and_reasons(server, photo_bytes):
     ok = server.client.predict(MODEL, photo_bytes["coffee.png"])
     bad = server.client.predict(MODEL, b"not an image at all")
     assert ok.status_code == 200 and bad.status_code == 415
-    log = server.log()
-    assert f"[{ok.headers['x-request-id']}]: preprocess" in log and "ms, postprocess" in log
-    assert f"request {bad.headers['x-request-id']} rejected (415 UnsupportedMediaType): payload is not an image" in log
+    timing = f"[{ok.headers['x-request-id']}]: preprocess"
+    reason = f"request {bad.headers['x-request-id']} rejected (415 UnsupportedMediaType): payload is not an image"
+    log = server.wait_log(timing, reason)
+    assert timing in log and "ms, postprocess" in log
+    assert reason in log
 
 
 def test_explanations_endpoint(server, photo_bytes):
@@ -175,7 +177,8 @@ def test_drift_gauge_rises_with_darkened_photos(server):
                                       ModelName=MODEL)
     for channel in channels:
         assert before[channel] < 1.0 < 2.0 < after[channel], (before, after)
-    assert "input drift: PSI above 0.20 for red_mean, green_mean, blue_mean" in server.log()
+    warning = "input drift: PSI above 0.20 for red_mean, green_mean, blue_mean"
+    assert warning in server.wait_log(warning)
 
 
 def test_every_metric_the_alerts_read_is_exported(server):

@@ -117,7 +117,7 @@ def test_bad_rows_get_a_json_400_alone_and_the_worker_survives(server, expected)
         assert fragment in body["message"]
     assert [top1(r) for r in responses[3:]] == model_top1[:5]
     assert server.client.ready_workers(MODEL) == 1
-    assert "loaded eager model" in server.log()
+    assert "loaded eager model" in server.wait_log("loaded eager model")
 
 
 
@@ -136,7 +136,8 @@ def test_drift_gauges_stay_low_on_held_out_rows_and_rise_on_rescaled_ones(server
                                       ModelName=MODEL)
     assert {name for name, value in after.items() if value > 0.2} == texture_drift, after
     assert server.client.metric_by("TskitDriftMax", "ModelName") == {MODEL: max(after.values())}
-    assert "input drift: PSI above 0.20 for mean texture, texture error, worst texture" in server.log()
+    warning = "input drift: PSI above 0.20 for mean texture, texture error, worst texture"
+    assert warning in server.wait_log(warning)
 
 
 def explain(server, **kwargs):
