@@ -19,6 +19,13 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 DRIFT_FEATURES = ["red_mean", "green_mean", "blue_mean", "red_std", "green_std", "blue_std"]
 
 
+def channel_stats(batch: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] images -> [N, 6]: per-channel mean, then spread (the DRIFT_FEATURES), over every 4th pixel
+    each way: 1 ms per batch of eight 224x224 images instead of 17 for all pixels, on one core."""
+    var, mean = torch.var_mean(batch[:, :, ::4, ::4].float(), dim=(2, 3), correction=0)
+    return torch.cat([mean, var.sqrt()], dim=1)
+
+
 def decode_image(data: bytes, draft_size: int = 0) -> Image.Image:
     """Bytes to an upright RGB image; every client-side problem becomes a BadInput.
 
@@ -145,10 +152,8 @@ class ImageClassifier(TskitHandler):
         return explain_valid(resolve_targets(requests, self.labels, probs), explain)
 
     def drift_features(self, batch: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """Per-channel mean and spread of the normalised input (brightness, tint, contrast), over every 4th
-        pixel each way: 1 ms per batch of 8 instead of 17 for all pixels, on one core."""
-        var, mean = torch.var_mean(batch[:, :, ::4, ::4].float(), dim=(2, 3), correction=0)
-        return DRIFT_FEATURES, torch.cat([mean, var.sqrt()], dim=1)
+        """Per-channel mean and spread of the normalised input (brightness, tint, contrast)."""
+        return DRIFT_FEATURES, channel_stats(batch)
 
     def example_items(self, n: int) -> list:
         crop = self.config["crop"]

@@ -15,6 +15,9 @@ fp32 before the heads, box decoding and NMS.
 Explanations: per detection, the saliency |d score / d pixel| (summed over channels) on the image as the
 model saw it: one forward pass with gradients, one backward pass per explained detection (at most
 `explain_max_detections`).
+
+Drift: per image, the per-channel mean and spread of the pixels the model sees (as the image classifier),
+and of its answer the number of detections and the best score.
 """
 import io
 import logging
@@ -27,11 +30,13 @@ from PIL import Image
 from handlers.base import TskitHandler
 from handlers.errors import ConfigError
 from handlers.explain import checked_targets, explain_valid, heatmap_png
-from handlers.image_classifier import decode_image, read_labels
+from handlers.image_classifier import DRIFT_FEATURES, channel_stats, decode_image, read_labels
 from handlers.payload import request_bytes
 from handlers.protocol import tensor_image
 
 logger = logging.getLogger(__name__)
+
+DETECTION_DRIFT_FEATURES = ["detections", "top_score"]  # output drift: per image
 
 
 def fit_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -182,6 +187,19 @@ class ObjectDetector(TskitHandler):
              "box": [round(v, 1) for v in box]}
             for label, score, box in zip(labels, scores.tolist(), boxes.tolist())
         ]
+
+    def drift_features(self, batch) -> tuple[list[str], torch.Tensor]:
+        """Per-channel mean and spread of each image (0..1) as the model sees it, whatever its size."""
+        images, _ = batch
+        return DRIFT_FEATURES, torch.cat([channel_stats(image[None]) for image in images])
+
+    def drift_output_features(self, outputs: list) -> tuple[list[str], torch.Tensor]:
+        """Per image: how many detections it answers with, and the best score (0 without any)."""
+        rows = []
+        for det, *_ in outputs:
+            scores = det["scores"].detach().float().cpu()[self.ranked(det)]
+            rows.append([float(len(scores)), float(scores.max()) if len(scores) else 0.0])
+        return DETECTION_DRIFT_FEATURES, torch.tensor(rows, dtype=torch.float32)
 
     def explain_items(self, items: list, requests: list[dict]) -> list[dict]:
         """Per image, its best detections (of the requested label, else any; at most `explain_max_detections`),

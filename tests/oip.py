@@ -37,9 +37,10 @@ def v2_infer(server, model: str, inputs: dict) -> dict:
     return answers
 
 
-def v1_predict(server, model: str, body: dict):
+def v1_predict(server, model: str, body: dict, verb: str = "predict"):
+    """POST /v1/models/MODEL:predict (or `verb="explain"`)."""
     c = server.client
-    return c.session.post(f"{c.inference_url}/v1/models/{model}:predict", json=body,
+    return c.session.post(f"{c.inference_url}/v1/models/{model}:{verb}", json=body,
                           headers=c._headers("inference"), timeout=120)
 
 

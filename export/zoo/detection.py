@@ -114,6 +114,7 @@ TRAIN_BACKGROUNDS = ("grass.png", "gravel.png", "brick.png", "hubble_deep_field.
                      "text.png", "cell.png")
 HELDOUT_BACKGROUNDS = ("coins.png", "retina.jpg")  # never seen in training
 TRAIN_SEED, HELDOUT_SEED = 0, 1
+REFERENCE_SCENES = 256  # the whole training set (train_detector: 256 scenes, TRAIN_SEED)
 
 
 def skimage_data_dir() -> Path:
@@ -355,20 +356,33 @@ def write_detector_files(work_dir: str | Path) -> dict[str, str]:
             **{k: str(v) for k, v in files.items()}}
 
 
+def reference_scenes(n: int = REFERENCE_SCENES) -> list:
+    """The drift reference: the training scenes (the first `n` of them)."""
+    return make_scenes(n, TRAIN_SEED, TRAIN_BACKGROUNDS)
+
+
+def scene_png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scene_inputs(scenes: list, prefix: str) -> list:
+    """Scenes as PNG request bodies, for golden cases and drift references."""
+    from export.golden import GoldenInput
+
+    return [GoldenInput(f"{prefix}-{i}.png", scene_png(image), "image/png") for i, (image, *_) in enumerate(scenes)]
+
+
 def detector_spec(export_path: str | Path, work_dir: str | Path):
     from export.archive import ArchiveSpec
 
-    from export.golden import GoldenInput
-
     files = write_detector_files(work_dir)
-    golden = []
-    for i, scene in enumerate(heldout_scenes(3)):  # held-out scenes as PNG request bodies
-        buf = io.BytesIO()
-        scene[0].save(buf, format="PNG")
-        golden.append(GoldenInput(f"scene-{i}.png", buf.getvalue(), "image/png"))
     return ArchiveSpec(name=DETECTOR_NAME, handler="object_detector", serialized_file=files["serialized_file"],
                        model_file=files["model_file"], labels=files["labels"], config=dict(DETECTOR_CONFIG),
-                       export_path=str(export_path), golden_inputs=golden, extra_files=[files["extra_files"]])
+                       export_path=str(export_path), golden_inputs=scene_inputs(heldout_scenes(3), "scene"),
+                       reference_inputs=scene_inputs(reference_scenes(), "reference"),
+                       extra_files=[files["extra_files"]])
 
 
 def build_detector_archive(export_path: str | Path, work_dir: str | Path) -> Path:

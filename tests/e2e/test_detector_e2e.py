@@ -1,17 +1,18 @@
 """The scene detector, built by `tskit build --handler object_detector`, served by a real TorchServe."""
 import base64
 import concurrent.futures
-import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+import yaml
+from PIL import Image, ImageEnhance
 
 from export.zoo.detection import (
-    DETECTOR_NAME, OBJECTS, box_iou, detection_quality, heldout_scenes, write_detector_files,
+    DETECTOR_NAME, OBJECTS, TRAIN_BACKGROUNDS, box_iou, detection_quality, heldout_scenes, make_scenes,
+    reference_scenes, scene_inputs, scene_png, write_detector_files,
 )
 from tskit.server import TorchServeProcess
 
@@ -20,28 +21,30 @@ TSKIT = [sys.executable, "-m", "tskit.cli"]
 
 MODEL = DETECTOR_NAME
 SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
+DRIFT = {"drift_window": 64, "drift_min_count": 64, "drift_every": 1}  # one worker; scored after every batch
 
 
 @pytest.fixture(scope="module")
 def detector_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("detector-e2e")
     files = write_detector_files(work)
+    config = yaml.safe_load(Path(files["config"]).read_text())
+    config["handler"].update(DRIFT)
+    Path(files["config"]).write_text(yaml.safe_dump(config))
+    reference = work / "reference"
+    reference.mkdir()
+    for item in scene_inputs(reference_scenes(), "reference"):
+        (reference / item.name).write_bytes(item.payload)
     store = work / "model_store"
     cmd = TSKIT + ["build", MODEL, "--serialized-file", files["serialized_file"], "--model-file", files["model_file"],
                    "--handler", "object_detector", "--labels", files["labels"], "--config", files["config"],
-                   "--extra-files", files["extra_files"], "--export-path", str(store)]
+                   "--extra-files", files["extra_files"], "--reference", str(reference), "--export-path", str(store)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **SETTINGS}}}
     overrides = {"load_models": f"{MODEL}.mar", "models": json.dumps(models)}
     with TorchServeProcess(work / "ts", REPO / "config.properties", store, overrides=overrides) as server:
         yield server
-
-
-def png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def detections(response) -> list:
@@ -58,7 +61,7 @@ def test_served_with_the_configured_batching(detector_server):
 def test_held_out_scenes_over_http_concurrently(detector_server):
     scenes = heldout_scenes(16)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent requests get batched
-        responses = list(pool.map(lambda s: detector_server.client.predict(MODEL, png(s[0])), scenes))
+        responses = list(pool.map(lambda s: detector_server.client.predict(MODEL, scene_png(s[0])), scenes))
     quality = detection_quality([detections(r) for r in responses], scenes)
     assert quality["recall"] >= 0.85 and quality["precision"] >= 0.85, quality
 
@@ -86,14 +89,36 @@ def test_explanations_over_http(detector_server):
     c = detector_server.client
     image, boxes, labels = heldout_scenes(1)[0]
     url, headers = f"{c.inference_url}/explanations/{MODEL}", c._headers("inference")
-    r = c.session.post(url, data=png(image), headers=headers, timeout=300)
+    r = c.session.post(url, data=scene_png(image), headers=headers, timeout=300)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["method"] == "saliency" and body["input_size"] == list(image.size)
     assert {d["label"] for d in body["detections"]} <= set(OBJECTS) and body["detections"]
     for det in body["detections"]:
         assert base64.b64decode(det["heatmap_png"])[:4] == b"\x89PNG" and 0 < det["mass_in_box"] <= 1
-    bad = c.session.post(url, json={"data": base64.b64encode(png(image)).decode(), "target": "unicorn"},
+    bad = c.session.post(url, json={"data": base64.b64encode(scene_png(image)).decode(), "target": "unicorn"},
                          headers=headers, timeout=300)
     assert bad.status_code == 400 and bad.json()["type"] == "BadTarget"
     assert detector_server.client.ready_workers(MODEL) == 1
+
+
+def test_drift_gauges_rise_with_darkened_scenes(detector_server):
+    """The archive's reference is training scenes: new ones of that kind keep the channel gauges low, the
+    same scenes darkened raise them; the detection count and best score are watched too."""
+    c = detector_server.client
+    fresh = [image for image, _, _ in make_scenes(DRIFT["drift_window"], 2, TRAIN_BACKGROUNDS)]
+    channels = ("red_mean", "green_mean", "blue_mean")
+
+    def send(images) -> None:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert all(r.status_code == 200 for r in pool.map(lambda im: c.predict(MODEL, scene_png(im)), images))
+
+    send(fresh)
+    before = c.wait_metric("TskitDriftPSI", "Feature", lambda v: len(v) == 8 and all(v[ch] < 1.0 for ch in channels),
+                           ModelName=MODEL)
+    assert {"detections", "top_score"} <= set(before)
+    send([ImageEnhance.Brightness(image).enhance(0.4) for image in fresh])
+    after = c.wait_metric("TskitDriftPSI", "Feature", lambda v: min(v[ch] for ch in channels) > 2.0, ModelName=MODEL)
+    for channel in channels:
+        assert before[channel] < 1.0 < 2.0 < after[channel], (before, after)
+    print("in distribution", before, "\ndarkened", after)

@@ -1,13 +1,12 @@
 """KServe v1 (`{"instances": [...]}` -> `{"predictions": [...]}`) through a real TorchServe started with
 `service_envelope=kserve`, every handler."""
 import base64
-import io
 
 import pytest
 
 from export.golden import compare
 from export.zoo import DEFAULT_NAME, SAMPLE_TOP1
-from export.zoo.detection import DETECTOR_NAME, detection_quality, heldout_scenes
+from export.zoo.detection import DETECTOR_NAME, detection_quality, heldout_scenes, scene_png
 from export.zoo.tabular import TABULAR_NAME, dataset_info, load_split
 from export.zoo.text import TEXT_NAME
 from tests.oip import kserve_server, v1_predict
@@ -46,11 +45,7 @@ def test_text_and_tabular_instances(server):
 
 def test_detector_instances(server):
     scenes = heldout_scenes(4)  # the scenes the v2 test sends: the same bytes, the same answers
-    bodies = []
-    for image, _, _ in scenes:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        bodies.append({"data": base64.b64encode(buf.getvalue()).decode()})
+    bodies = [{"data": base64.b64encode(scene_png(image)).decode()} for image, _, _ in scenes]
     quality = detection_quality(predictions(v1_predict(server, DETECTOR_NAME, {"instances": bodies})), scenes)
     assert quality["recall"] >= 0.8 and quality["precision"] >= 0.8, quality
 
@@ -66,3 +61,22 @@ def test_bad_instances_are_answered_in_place_and_the_worker_survives(server, pho
     assert r.status_code == 400 and r.json()["predictions"][0]["type"] == "MissingInstances"
     assert next(iter(predictions(v1_predict(server, DEFAULT_NAME, {"instances": [coffee]}))[0])) == "espresso"
     assert server.client.ready_workers(DEFAULT_NAME) == 1
+
+
+def test_explain_route_answers_explanations_for_every_instance(server, photo_bytes):
+    """`:explain` is TorchServe's explanations path behind the same envelope: one explanation per instance,
+    under "explanations"; a bad target is that instance's 400."""
+    cat = base64.b64encode(photo_bytes["chelsea.png"]).decode()
+    r = v1_predict(server, DEFAULT_NAME, {"instances": [{"data": cat}]}, verb="explain")
+    assert r.status_code == 200, r.text
+    [image] = r.json()["explanations"]
+    assert image["target"] in SAMPLE_TOP1["chelsea.png"] and len(image["attributions"]) == 224
+    assert base64.b64decode(image["heatmap_png"])[:4] == b"\x89PNG"
+    _, x_test, _, _ = load_split()
+    rows = [x_test[0].tolist(), {"data": x_test[1].tolist(), "target": "unicorn"}]
+    r = v1_predict(server, TABULAR_NAME, {"instances": rows}, verb="explain")
+    assert r.status_code == 400, r.text
+    row, bad = r.json()["explanations"]
+    assert row["attributions"][0][0] == dataset_info()["feature_names"][0]
+    assert bad["code"] == 400 and "target" in bad["message"]
+    assert server.client.ready_workers(TABULAR_NAME) == 1

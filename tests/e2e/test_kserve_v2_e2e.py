@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from export.golden import compare
 from export.zoo import DEFAULT_NAME, SAMPLE_TOP1
-from export.zoo.detection import DETECTOR_NAME, detection_quality, heldout_scenes
+from export.zoo.detection import DETECTOR_NAME, detection_quality, heldout_scenes, scene_png
 from export.zoo.tabular import TABULAR_NAME, dataset_info, load_split
 from export.zoo.text import LABELS, TEXT_NAME
 from export.zoo.text import load_split as text_split
@@ -28,12 +28,6 @@ def server(kserve_store, tmp_path_factory):
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def top1(scores: dict) -> str:
@@ -76,7 +70,7 @@ def test_tabular_rows_as_an_fp32_tensor_and_named_rows_as_json(server):
 
 def test_detector_scenes_as_base64_and_as_pixels(server):
     scenes = heldout_scenes(4)
-    answers = v2_infer(server, DETECTOR_NAME, {f"s{i}": b64(png(scene[0])) for i, scene in enumerate(scenes)})
+    answers = v2_infer(server, DETECTOR_NAME, {f"s{i}": b64(scene_png(scene[0])) for i, scene in enumerate(scenes)})
     quality = detection_quality([answers[f"s{i}"] for i in range(len(scenes))], scenes)
     assert quality["recall"] >= 0.8 and quality["precision"] >= 0.8, quality
     as_pixels = v2_infer(server, DETECTOR_NAME, {"p": np.asarray(scenes[0][0].convert("RGB"))})

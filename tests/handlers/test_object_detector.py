@@ -10,11 +10,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
-from export.zoo.detection import CLASSES, box_iou, build_detector_archive, detection_quality, heldout_scenes
+from export.zoo.detection import (
+    CLASSES, TRAIN_BACKGROUNDS, box_iou, build_detector_archive, detection_quality, heldout_scenes, make_scenes,
+)
 from handlers.errors import ConfigError
-from handlers.object_detector import ObjectDetector
+from handlers.image_classifier import DRIFT_FEATURES
+from handlers.object_detector import DETECTION_DRIFT_FEATURES, ObjectDetector
 from tskit.testing import load_handler, run_batch, unpack_archive
 
 BATCH = 4  # the archive's batchSize
@@ -232,3 +235,25 @@ def test_explain_one_label_and_bad_targets(detector, clean_scenes):
     assert {d["label"] for d in results[0][1]["detections"]} == {wanted}
     assert "unknown explanation target 'unicorn'" in results[1][1]["message"]
     assert "out of range" in results[2][1]["message"]
+
+
+def test_drift_new_scenes_of_the_training_kind_stay_low_darkened_ones_drift(detector_dir):
+    """The archive's reference is the training scenes. New scenes from the same generator (another seed) stay
+    near the noise floor: scenes are a few backgrounds, so a window of n rows is noisier than (bins - 1) / n.
+    The same scenes darkened move the channel means."""
+    n = 128
+    drift = {"drift_window": n, "drift_min_count": n, "drift_every": n}
+    handler = load_handler(ObjectDetector, detector_dir, batch_size=BATCH, yaml_overrides={"handler": drift})
+    assert handler.drift.names == DRIFT_FEATURES + DETECTION_DRIFT_FEATURES
+    fresh = [image for image, _, _ in make_scenes(n, 2, TRAIN_BACKGROUNDS)]
+
+    def fed(images) -> dict:
+        answer(handler, images)
+        return dict(zip(handler.drift.names, handler.drift.last))
+
+    same = fed(fresh)
+    print("in distribution", same)
+    assert max(same.values()) < 0.3, same
+    dark = fed([ImageEnhance.Brightness(image).enhance(0.4) for image in fresh])
+    print("darkened", dark)
+    assert min(dark[f"{c}_mean"] for c in ("red", "green", "blue")) > 1.0, dark
