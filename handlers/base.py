@@ -165,8 +165,9 @@ class TskitHandler(BaseHandler):
             return self.model(batch)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Host to device. On CUDA the tensor is pinned first, so the non-blocking copy really overlaps."""
-        if self.device.type == "cuda" and not tensor.is_pinned():
+        """Host to device. On CUDA a CPU tensor is pinned first, so the non-blocking copy really overlaps; a
+        tensor already on the device (`collate` after `normalised`, say) goes through unchanged."""
+        if self.device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 

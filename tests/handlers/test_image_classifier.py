@@ -160,3 +160,12 @@ def test_bad_explanation_targets_fail_alone(classifier, photo_bytes):
     assert "unknown explanation target 'unicorn'" in results[0][1]["message"]
     assert "out of range: the model has 1000 classes" in results[1][1]["message"]
     assert results[2][1]["target"] == "espresso"
+
+
+def test_a_batch_already_on_the_device_goes_through_to_device_unchanged(classifier):
+    """`collate` hands `to_model_input` the batch `normalised` already moved: `to_device` must take it as it
+    is (on CUDA it pins only CPU tensors; pinning a device tensor raises). Here, on CPU, it is a no-op."""
+    batch = classifier.normalised(classifier.example_items(2))
+    assert classifier.to_device(batch) is batch
+    items = classifier.example_items(2)
+    assert classifier.to_device(items[0]) is items[0]
