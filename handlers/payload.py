@@ -40,8 +40,9 @@ def request_bytes(request: dict) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         if not value:
             raise BadInput("empty request body")
-        reject_broken_json(value)
-        return bytes(value)
+        data = bytes(value)  # TorchServe sends a bytearray: convert once, then look (bytearray.lstrip copies)
+        reject_broken_json(data)
+        return data
     raise BadInput(f"unsupported payload of type {type(value).__name__}: send bytes or base64 in JSON")
 
 
