@@ -210,8 +210,7 @@ class ObjectDetector(TskitHandler):
         wanted = checked_targets(requests, self.labels, classes)  # a label to explain, or None for any
 
         def explain(ok: list[int], labels: list) -> list[dict]:
-            images = [items[i][0].to(self.device).permute(2, 0, 1).float().div(255).requires_grad_(True)
-                      for i in ok]
+            images = [image.requires_grad_() for image in self.collate([items[i] for i in ok])[0]]
             with torch.enable_grad():
                 found = run_detector(model, images)
                 return [self.saliency(image, det, label, items[i][0].numpy(), items[i][1])
