@@ -183,6 +183,17 @@ def load_safetensors(data: bytes, name: str) -> np.ndarray:
     return tensor.numpy()
 
 
+def per_request(answers: list, splits: list[tuple[int, bool]]) -> list:
+    """Flat per-row answers split back per request, `splits` giving each request's (rows, single): the bare
+    answer for a request that sent one example, a list for one that sent several."""
+    responses, start = [], 0
+    for n, single in splits:
+        rows = answers[start:start + n]
+        responses.append(rows[0] if single else rows)
+        start += n
+    return responses
+
+
 class TensorHandler(TskitHandler):
     config_defaults = {
         "topk": 5,
@@ -295,13 +306,7 @@ class TensorHandler(TskitHandler):
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the tensor handler expects the model to return a tensor, got {type(outputs).__name__}")
         outputs = outputs.float().cpu()
-        answers = self.label_scores(outputs) if self.labels else outputs.tolist()
-        responses, start = [], 0
-        for n, single in self.splits:
-            rows = answers[start:start + n]
-            responses.append(rows[0] if single else rows)
-            start += n
-        return responses
+        return per_request(self.label_scores(outputs) if self.labels else outputs.tolist(), self.splits)
 
     def label_scores(self, logits: torch.Tensor) -> list[dict[str, float]]:
         if logits.dim() != 2 or logits.shape[1] != len(self.labels):
@@ -345,12 +350,7 @@ class TensorHandler(TskitHandler):
             answers = [self.row_explanation(outputs[j], base_out, t, s, d, method)
                        for j, t, s, d in zip(index, targets, scores.cpu(),
                                              delta.cpu() if delta is not None else [None] * len(index))]
-            out, k = [], 0
-            for i in ok:
-                n = starts[i + 1] - starts[i]
-                out.append(answers[k] if items[i][1] else answers[k:k + n])
-                k += n
-            return out
+            return per_request(answers, [(len(items[i][0]), items[i][1]) for i in ok])
 
         return explain_valid(requested, explain)
 
