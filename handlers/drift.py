@@ -64,7 +64,7 @@ def reference_stats(features: np.ndarray, names: list[str], bins: int = DEFAULT_
     for f, name in enumerate(names):
         column = features[:, f]
         edges = quantile_edges(column, bins)
-        shares = np.bincount(np.searchsorted(edges, column, side="right"), minlength=len(edges) + 1) / len(column)
+        shares = np.bincount(bin_index(column[:, None], edges[None])[:, 0], minlength=len(edges) + 1) / len(column)
         out.append({"name": name, "edges": edges.tolist(), "shares": shares.tolist(),
                     "mean": float(column.mean()), "std": float(column.std())})
     return {"version": REFERENCE_VERSION, "rows": int(len(features)), "features": out}
