@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, export_gauges, read_reference
+from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, read_reference
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import check_config as check_explain_config, is_explain, load_explainer
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
-from handlers.metrics import record_batch
+from handlers.metrics import record_batch, record_drift
 from handlers.protocol import answer_envelope, calling_envelope
 from handlers.runtime import (
     DTYPES,
@@ -260,7 +260,7 @@ class TskitHandler(BaseHandler):
             if not self.drift.observe(rows[1]):
                 return
             values = self.drift.score()
-            export_gauges(self.context, self.drift.names, values)
+            record_drift(self.context, self.drift.names, values)
             if self.drift.should_warn():
                 logger.warning("input drift: PSI above %.2f for %s over the last %d rows (worst: %s)",
                                self.drift.threshold, ", ".join(self.drift.drifted), self.drift.filled,

@@ -9,8 +9,8 @@ running counts (O(features) per row, numpy-vectorised per batch, bounded memory)
 
     PSI = sum over bins (p - q) * ln(p / q),   p = window share, q = reference share, both >= eps
 
-and exports it as the gauges `TskitDriftPSI{Feature=...}` and `TskitDriftMax`. A PSI above
-`drift_threshold` logs a WARNING. Each worker keeps its own window.
+and exports it as the gauges `TskitDriftPSI{Feature=...}` and `TskitDriftMax` (handlers/metrics.py). A PSI
+above `drift_threshold` logs a WARNING. Each worker keeps its own window.
 """
 import json
 import logging
@@ -25,7 +25,6 @@ REFERENCE_NAME = "tskit-reference.json"
 REFERENCE_VERSION = 1
 DEFAULT_BINS = 10
 EPS = 1e-4  # the share an empty bin counts as, so ln(p / q) stays finite
-PSI_METRIC, MAX_METRIC = "TskitDriftPSI", "TskitDriftMax"
 
 DRIFT_CONFIG = {
     "drift_window": 512,  # rows the serve-time distribution is computed over (per worker)
@@ -141,18 +140,3 @@ class DriftMonitor:
     def report(self) -> str:
         worst = sorted(zip(self.last, self.names), reverse=True)[:5]
         return ", ".join(f"{name} {value:.2f}" for value, name in worst)
-
-
-def export_gauges(context, names: list[str], values: np.ndarray) -> None:
-    """`TskitDriftPSI{Feature}` per feature and `TskitDriftMax`; TorchServe adds ModelName and Level."""
-    from ts.metrics.dimension import Dimension
-    from ts.metrics.metric_type_enum import MetricTypes
-
-    metrics = getattr(context, "metrics", None)
-    if metrics is None:
-        return
-    for name, value in zip(names, values):
-        # fresh dimension lists: TorchServe appends its default dimensions to the list it is given
-        metrics.add_metric(PSI_METRIC, round(float(value), 6), "psi", None, [Dimension("Feature", name)],
-                           MetricTypes.GAUGE)
-    metrics.add_metric(MAX_METRIC, round(float(np.max(values)), 6), "psi", None, [], MetricTypes.GAUGE)
