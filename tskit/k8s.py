@@ -88,8 +88,7 @@ def write_layout(spec: K8sSpec) -> dict[str, Path]:
              "config": out / "config" / "config.properties", "metrics": out / "config" / "metrics.yaml",
              "dockerfile": out / "Dockerfile", "inferenceservice": out / "inferenceservice.yaml"}
     shutil.copy(METRICS_YAML, paths["metrics"])
-    write_properties(paths["config"], config_properties(spec, config))
-    paths["config"].write_text(CONFIG_HEADER + paths["config"].read_text())
+    write_properties(paths["config"], config_properties(spec, config), header=CONFIG_HEADER)
     paths["dockerfile"].write_text(dockerfile(spec, manifest))
     documents = manifests(spec, config)
     for kind, document in documents.items():
