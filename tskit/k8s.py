@@ -63,6 +63,10 @@ class K8sSpec:
     def uri(self) -> str:
         return self.storage_uri or f"s3://models/{self.service_name}"
 
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
 
 def archive_settings(archive: Path) -> tuple[dict, dict]:
     """(model-config.yaml, tskit-manifest.json or {}) of an archive."""
@@ -165,9 +169,9 @@ def manifests(spec: K8sSpec, config: dict) -> dict[str, dict]:
     """{file stem: manifest}: the InferenceService and, for s3:// or gs:// storage, its credentials."""
     out = {"inferenceservice": inference_service(spec, config)}
     if needs_credentials(spec):
-        out["secret"] = storage_secret(spec, spec.uri.split("://", 1)[0])
+        out["secret"] = storage_secret(spec)
         out["serviceaccount"] = metadata_doc(spec, "v1", "ServiceAccount", storage_account(spec))
-        out["serviceaccount"]["secrets"] = [{"name": f"{spec.service_name}-storage"}]
+        out["serviceaccount"]["secrets"] = [{"name": storage_account(spec)}]
     return out
 
 
@@ -178,10 +182,11 @@ def metadata_doc(spec: K8sSpec, api_version: str, kind: str, name: str, **meta) 
 
 def needs_credentials(spec: K8sSpec) -> bool:
     """KServe's runtime downloads s3:// and gs:// storage with credentials; pvc:// and a baked image need none."""
-    return not spec.image and spec.uri.split("://", 1)[0] in STORAGE_SECRETS
+    return not spec.image and spec.scheme in STORAGE_SECRETS
 
 
 def storage_account(spec: K8sSpec) -> str:
+    """The name of the storage credentials' ServiceAccount and of the Secret it carries."""
     return f"{spec.service_name}-storage"
 
 
@@ -193,10 +198,10 @@ STORAGE_SECRETS = {
 }
 
 
-def storage_secret(spec: K8sSpec, scheme: str) -> dict:
+def storage_secret(spec: K8sSpec) -> dict:
     """The credentials' Secret with empty values: fill them in (or create it with kubectl), never commit them."""
-    annotations, keys = STORAGE_SECRETS[scheme]
-    doc = metadata_doc(spec, "v1", "Secret", f"{spec.service_name}-storage",
+    annotations, keys = STORAGE_SECRETS[spec.scheme]
+    doc = metadata_doc(spec, "v1", "Secret", storage_account(spec),
                        **({"annotations": dict(annotations)} if annotations else {}))
     doc["type"] = "Opaque"
     doc["stringData"] = {key: "" for key in keys}
