@@ -77,8 +77,8 @@ def archive_settings(archive: Path) -> tuple[dict, dict]:
     return config or {}, manifest
 
 
-def write_layout(spec: K8sSpec) -> dict[str, Path]:
-    """Write everything; returns {what: path}."""
+def write_layout(spec: K8sSpec) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Write everything; returns ({what: path}, {file stem: manifest}), the manifests as written to YAML."""
     if spec.protocol not in ENVELOPES:
         raise ValueError(f"protocol must be one of {sorted(ENVELOPES)}, got {spec.protocol!r}")
     if spec.canary is not None and not 0 <= spec.canary <= 100:
@@ -98,7 +98,7 @@ def write_layout(spec: K8sSpec) -> dict[str, Path]:
     for kind, document in documents.items():
         paths[kind] = out / f"{kind}.yaml"
         paths[kind].write_text(yaml.safe_dump(document, sort_keys=False))
-    return paths
+    return paths, documents
 
 
 CONFIG_HEADER = f"""\
