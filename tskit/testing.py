@@ -13,7 +13,7 @@ import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-METRICS_CONFIG = Path(__file__).resolve().parent.parent / "config" / "metrics.yaml"
+from tskit.k8s import METRICS_YAML
 
 
 def unpack_archive(mar: str | Path, dest: str | Path | None = None) -> Path:
@@ -35,7 +35,7 @@ def make_context(model_dir: str | Path, batch_size: int = 8, yaml_overrides: dic
         else:
             model_yaml[key] = value
     name = manifest["model"]["modelName"]
-    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))  # the worker's metrics cache
+    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))  # the worker's metrics cache
     metrics.initialize_cache()
     metrics.model_name = name
     return Context(name, str(model_dir), manifest, batch_size, None, "0.12.0",
