@@ -48,13 +48,18 @@ def load_handler(handler_class, model_dir: str | Path, **context_kwargs):
     return handler
 
 
+def _start_requests(context, headers: list[dict]) -> None:
+    """One request per entry of `headers`: its headers and its id on the context, as ts/service.py sets them."""
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    context.request_ids = {i: f"tskit-test-{i}" for i in range(len(headers))}
+    if context.metrics is not None:
+        context.metrics.request_ids = context.request_ids
+
+
 def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) -> list[tuple[int, object]]:
     """One `handle` call as the worker makes it; returns [(http status, body)] per request."""
     context = handler.context
-    context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in requests])]
-    context.request_ids = {i: f"tskit-test-{i}" for i in range(len(requests))}  # as ts/service.py sets them
-    if context.metrics is not None:
-        context.metrics.request_ids = context.request_ids
+    _start_requests(context, headers or [{} for _ in requests])
     bodies = handler.handle(requests, context)
     assert len(bodies) == len(requests), "a handler must answer every request of the batch"
     return [(context.get_response_status(i)[0] or 200, body) for i, body in enumerate(bodies)]
@@ -63,17 +68,11 @@ def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) 
 def run_envelope(handler, envelope: str, body, headers: dict | None = None) -> tuple[int, object]:
     """One HTTP request through TorchServe's own request envelope (`kserve` or `kservev2`), as a worker started
     with that `service_envelope` runs it: returns the request's (http status, body)."""
-    import importlib
-
     from ts.model_loader import TsModelLoader
 
-    importlib.import_module(f"ts.torch_handler.request_envelope.{envelope}")
     envelope_class = TsModelLoader()._load_default_envelope(envelope)
     context = handler.context
-    context.request_processor = [RequestProcessor(headers or {})]
-    context.request_ids = {0: "tskit-test-0"}
-    if context.metrics is not None:
-        context.metrics.request_ids = context.request_ids
+    _start_requests(context, [headers or {}])
     answers = envelope_class(handler.handle).handle([{"body": json.loads(json.dumps(body))}], context)
     assert len(answers) == 1, "an envelope answers the one request it unpacked"
     return context.get_response_status(0)[0] or 200, answers[0]
