@@ -8,17 +8,14 @@ Markdown table and a latency-vs-throughput PNG.
 """
 import itertools
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from export.variants import derive_archive
+from tskit.client import parse_prometheus
 from tskit.loadgen import closed_loop, open_loop
 from tskit.server import TorchServeProcess
-
-SERIES = re.compile(r'^([A-Za-z_:][\w:]*)\{(.*)\}\s+([-+\d.eE]+|NaN)$')
-LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,10 @@ class ServerConfig:
 def model_counters(text: str, model: str) -> dict[str, float]:
     """Sum each metric's series that belong to `model` (TorchServe labels them model_name or ModelName)."""
     totals: dict[str, float] = {}
-    for line in text.splitlines():
-        match = SERIES.match(line.strip())
-        if not match:
-            continue
-        labels = dict(LABEL.findall(match.group(2)))
-        if model in (labels.get("model_name"), labels.get("ModelName")):
-            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(3))
+    for name, samples in parse_prometheus(text).items():
+        for labels, value in samples:
+            if model in (labels.get("model_name"), labels.get("ModelName")):
+                totals[name] = totals.get(name, 0.0) + value
     return totals
 
 

@@ -341,8 +341,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_k8s(args) -> int:
-    import yaml
-
     from tskit.k8s import K8sSpec, write_layout
 
     archive = Path(args.archive or Path(args.export_path) / f"{args.name}.mar")
@@ -354,9 +352,10 @@ def cmd_k8s(args) -> int:
     from tskit.schemas import schema_errors
 
     failed = False
-    for what, path in write_layout(spec).items():
-        manifest = path.suffix == ".yaml" and path.parent == spec.out
-        errors = schema_errors(yaml.safe_load(path.read_text())) if manifest else []
+    paths, documents = write_layout(spec)
+    for what, path in paths.items():
+        manifest = what in documents
+        errors = schema_errors(documents[what]) if manifest else []
         print(f"{what:>16}  {path}" + ("  (valid against config/schemas)" if manifest and not errors else ""))
         for error in errors:
             print(f"{'':>16}  invalid: {error}", file=sys.stderr)

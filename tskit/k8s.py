@@ -63,6 +63,10 @@ class K8sSpec:
     def uri(self) -> str:
         return self.storage_uri or f"s3://models/{self.service_name}"
 
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
 
 def archive_settings(archive: Path) -> tuple[dict, dict]:
     """(model-config.yaml, tskit-manifest.json or {}) of an archive."""
@@ -73,8 +77,8 @@ def archive_settings(archive: Path) -> tuple[dict, dict]:
     return config or {}, manifest
 
 
-def write_layout(spec: K8sSpec) -> dict[str, Path]:
-    """Write everything; returns {what: path}."""
+def write_layout(spec: K8sSpec) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Write everything; returns ({what: path}, {file stem: manifest}), the manifests as written to YAML."""
     if spec.protocol not in ENVELOPES:
         raise ValueError(f"protocol must be one of {sorted(ENVELOPES)}, got {spec.protocol!r}")
     if spec.canary is not None and not 0 <= spec.canary <= 100:
@@ -88,14 +92,13 @@ def write_layout(spec: K8sSpec) -> dict[str, Path]:
              "config": out / "config" / "config.properties", "metrics": out / "config" / "metrics.yaml",
              "dockerfile": out / "Dockerfile", "inferenceservice": out / "inferenceservice.yaml"}
     shutil.copy(METRICS_YAML, paths["metrics"])
-    write_properties(paths["config"], config_properties(spec, config))
-    paths["config"].write_text(CONFIG_HEADER + paths["config"].read_text())
+    write_properties(paths["config"], config_properties(spec, config), header=CONFIG_HEADER)
     paths["dockerfile"].write_text(dockerfile(spec, manifest))
     documents = manifests(spec, config)
     for kind, document in documents.items():
         paths[kind] = out / f"{kind}.yaml"
         paths[kind].write_text(yaml.safe_dump(document, sort_keys=False))
-    return paths
+    return paths, documents
 
 
 CONFIG_HEADER = f"""\
@@ -166,9 +169,9 @@ def manifests(spec: K8sSpec, config: dict) -> dict[str, dict]:
     """{file stem: manifest}: the InferenceService and, for s3:// or gs:// storage, its credentials."""
     out = {"inferenceservice": inference_service(spec, config)}
     if needs_credentials(spec):
-        out["secret"] = storage_secret(spec, spec.uri.split("://", 1)[0])
+        out["secret"] = storage_secret(spec)
         out["serviceaccount"] = metadata_doc(spec, "v1", "ServiceAccount", storage_account(spec))
-        out["serviceaccount"]["secrets"] = [{"name": f"{spec.service_name}-storage"}]
+        out["serviceaccount"]["secrets"] = [{"name": storage_account(spec)}]
     return out
 
 
@@ -179,10 +182,11 @@ def metadata_doc(spec: K8sSpec, api_version: str, kind: str, name: str, **meta) 
 
 def needs_credentials(spec: K8sSpec) -> bool:
     """KServe's runtime downloads s3:// and gs:// storage with credentials; pvc:// and a baked image need none."""
-    return not spec.image and spec.uri.split("://", 1)[0] in STORAGE_SECRETS
+    return not spec.image and spec.scheme in STORAGE_SECRETS
 
 
 def storage_account(spec: K8sSpec) -> str:
+    """The name of the storage credentials' ServiceAccount and of the Secret it carries."""
     return f"{spec.service_name}-storage"
 
 
@@ -194,10 +198,10 @@ STORAGE_SECRETS = {
 }
 
 
-def storage_secret(spec: K8sSpec, scheme: str) -> dict:
+def storage_secret(spec: K8sSpec) -> dict:
     """The credentials' Secret with empty values: fill them in (or create it with kubectl), never commit them."""
-    annotations, keys = STORAGE_SECRETS[scheme]
-    doc = metadata_doc(spec, "v1", "Secret", f"{spec.service_name}-storage",
+    annotations, keys = STORAGE_SECRETS[spec.scheme]
+    doc = metadata_doc(spec, "v1", "Secret", storage_account(spec),
                        **({"annotations": dict(annotations)} if annotations else {}))
     doc["type"] = "Opaque"
     doc["stringData"] = {key: "" for key in keys}

@@ -180,11 +180,10 @@ class BackgroundLoad:
             t.start()
         return self
 
-    def stop(self) -> list[Outcome]:
+    def stop(self) -> None:
         self.running.clear()
         for t in self.threads:
             t.join()
-        return self.outcomes
 
     def since(self, t: float) -> list[Outcome]:
         """Outcomes of the requests sent at or after monotonic time `t`."""

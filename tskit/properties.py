@@ -22,8 +22,8 @@ def read_properties(path: str | Path) -> dict[str, str]:
     return props
 
 
-def write_properties(path: str | Path, props: dict[str, str]) -> None:
-    Path(path).write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+def write_properties(path: str | Path, props: dict[str, str], header: str = "") -> None:
+    Path(path).write_text(header + "".join(f"{k}={v}\n" for k, v in props.items()))
 
 
 def model_settings(props: dict[str, str]) -> dict:

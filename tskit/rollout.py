@@ -8,6 +8,7 @@ of inputs is replayed through both, and only if top-1 agreement and latency pass
 promotion history is kept in `<workdir>/.tskit/rollouts.json`, so `rollback` knows where to go back to.
 Registration needs `enable_model_api=true` (TorchServe 0.12 turns it off by default).
 """
+import filecmp
 import json
 import shutil
 import statistics
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.golden import GoldenInput
+from export.variants import ARCHIVER_MANIFEST
 from handlers.integrity import MANIFEST_NAME
 from tskit.client import ServerError, TorchServeClient
 
@@ -26,7 +28,7 @@ HISTORY = Path(".tskit") / "rollouts.json"
 def archive_identity(mar: str | Path) -> tuple[str, str]:
     """(model name, version) from the archive's MAR-INF/MANIFEST.json."""
     with zipfile.ZipFile(mar) as zf:
-        model = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]
+        model = json.loads(zf.read(ARCHIVER_MANIFEST))["model"]
     return model["modelName"], model["modelVersion"]
 
 
@@ -163,9 +165,10 @@ def stage_in_store(mar: str | Path, model_store: str | Path) -> str:
     mar, store = Path(mar).resolve(), Path(model_store).resolve()
     if mar.parent != store:
         target = store / mar.name
-        if target.exists() and target.read_bytes() != mar.read_bytes():
+        if not target.exists():
+            shutil.copyfile(mar, target)
+        elif not filecmp.cmp(mar, target, shallow=False):
             raise ValueError(f"{target} exists and differs from {mar}: rename the archive")
-        shutil.copyfile(mar, target)
     return mar.name
 
 
@@ -241,9 +244,8 @@ def rollback(client: TorchServeClient, model: str, workdir: str | Path, to: str 
     registered = versions(client, model)
     history = read_history(workdir)
     trail = [v for v in history.get(model, []) if v in registered]
+    earlier = trail[:trail.index(current)] if current in trail else trail
     if to is None:
-        earlier = trail[:trail.index(current)] if current in trail else trail
-        earlier = [v for v in earlier if v != current]
         if not earlier:
             raise ValueError(f"no earlier version of {model} to roll back to (registered: {registered}); "
                              "name one with --to VERSION")
@@ -252,7 +254,7 @@ def rollback(client: TorchServeClient, model: str, workdir: str | Path, to: str 
         raise ValueError(f"{model} version {to} is not registered (registered: {registered})")
     set_default(client, model, to)
     if current in trail:
-        history[model] = trail[:trail.index(current)]
+        history[model] = earlier
         write_history(workdir, history)
     return current, to
 

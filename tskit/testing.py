@@ -13,7 +13,7 @@ import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-METRICS_CONFIG = Path(__file__).resolve().parent.parent / "config" / "metrics.yaml"
+from tskit.k8s import METRICS_YAML
 
 
 def unpack_archive(mar: str | Path, dest: str | Path | None = None) -> Path:
@@ -35,7 +35,7 @@ def make_context(model_dir: str | Path, batch_size: int = 8, yaml_overrides: dic
         else:
             model_yaml[key] = value
     name = manifest["model"]["modelName"]
-    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))  # the worker's metrics cache
+    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))  # the worker's metrics cache
     metrics.initialize_cache()
     metrics.model_name = name
     return Context(name, str(model_dir), manifest, batch_size, None, "0.12.0",
@@ -48,13 +48,18 @@ def load_handler(handler_class, model_dir: str | Path, **context_kwargs):
     return handler
 
 
+def _start_requests(context, headers: list[dict]) -> None:
+    """One request per entry of `headers`: its headers and its id on the context, as ts/service.py sets them."""
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    context.request_ids = {i: f"tskit-test-{i}" for i in range(len(headers))}
+    if context.metrics is not None:
+        context.metrics.request_ids = context.request_ids
+
+
 def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) -> list[tuple[int, object]]:
     """One `handle` call as the worker makes it; returns [(http status, body)] per request."""
     context = handler.context
-    context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in requests])]
-    context.request_ids = {i: f"tskit-test-{i}" for i in range(len(requests))}  # as ts/service.py sets them
-    if context.metrics is not None:
-        context.metrics.request_ids = context.request_ids
+    _start_requests(context, headers or [{} for _ in requests])
     bodies = handler.handle(requests, context)
     assert len(bodies) == len(requests), "a handler must answer every request of the batch"
     return [(context.get_response_status(i)[0] or 200, body) for i, body in enumerate(bodies)]
@@ -63,17 +68,11 @@ def run_batch(handler, requests: list[dict], headers: list[dict] | None = None) 
 def run_envelope(handler, envelope: str, body, headers: dict | None = None) -> tuple[int, object]:
     """One HTTP request through TorchServe's own request envelope (`kserve` or `kservev2`), as a worker started
     with that `service_envelope` runs it: returns the request's (http status, body)."""
-    import importlib
-
     from ts.model_loader import TsModelLoader
 
-    importlib.import_module(f"ts.torch_handler.request_envelope.{envelope}")
     envelope_class = TsModelLoader()._load_default_envelope(envelope)
     context = handler.context
-    context.request_processor = [RequestProcessor(headers or {})]
-    context.request_ids = {0: "tskit-test-0"}
-    if context.metrics is not None:
-        context.metrics.request_ids = context.request_ids
+    _start_requests(context, [headers or {}])
     answers = envelope_class(handler.handle).handle([{"body": json.loads(json.dumps(body))}], context)
     assert len(answers) == 1, "an envelope answers the one request it unpacked"
     return context.get_response_status(0)[0] or 200, answers[0]

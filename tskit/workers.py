@@ -18,10 +18,10 @@ def is_model_worker(pid: int) -> bool:
         return False
 
 
-def worker_pids(client: TorchServeClient, model: str, ready_only: bool = True) -> dict[str, int]:
-    """{worker id: PID} of the live worker processes of `model`'s default version, READY ones only by default."""
+def worker_pids(client: TorchServeClient, model: str) -> dict[str, int]:
+    """{worker id: PID} of the live READY worker processes of `model`'s default version."""
     return {w["id"]: int(w["pid"]) for version in client.describe(model) for w in version.get("workers", [])
-            if (w.get("status") == "READY" or not ready_only) and w.get("pid") and is_model_worker(int(w["pid"]))}
+            if w.get("status") == "READY" and w.get("pid") and is_model_worker(int(w["pid"]))}
 
 
 def rss_mb(pid: int) -> float | None:

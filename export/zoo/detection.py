@@ -114,7 +114,7 @@ TRAIN_BACKGROUNDS = ("grass.png", "gravel.png", "brick.png", "hubble_deep_field.
                      "text.png", "cell.png")
 HELDOUT_BACKGROUNDS = ("coins.png", "retina.jpg")  # never seen in training
 TRAIN_SEED, HELDOUT_SEED = 0, 1
-REFERENCE_SCENES = 256  # the whole training set (train_detector: 256 scenes, TRAIN_SEED)
+TRAIN_SCENES = 256  # train_detector's scenes (TRAIN_SEED), also the drift reference
 
 
 def skimage_data_dir() -> Path:
@@ -251,7 +251,7 @@ def trunk_features(model: SceneDetector, scenes: list, chunk: int = 32) -> tuple
     return torch.cat(c4s), torch.cat(c5s)
 
 
-def train_detector(n_scenes: int = 256, epochs: int = 10, batch: int = 16, seed: int = TRAIN_SEED,
+def train_detector(n_scenes: int = TRAIN_SCENES, epochs: int = 10, batch: int = 16, seed: int = TRAIN_SEED,
                    log=logger.info) -> SceneDetector:
     """Train FPN + head on cached trunk features of `n_scenes` generated scenes; returns the model in eval mode."""
     start = time.perf_counter()
@@ -356,7 +356,7 @@ def write_detector_files(work_dir: str | Path) -> dict[str, str]:
             **{k: str(v) for k, v in files.items()}}
 
 
-def reference_scenes(n: int = REFERENCE_SCENES) -> list:
+def reference_scenes(n: int = TRAIN_SCENES) -> list:
     """The drift reference: the training scenes (the first `n` of them)."""
     return make_scenes(n, TRAIN_SEED, TRAIN_BACKGROUNDS)
 

@@ -67,7 +67,7 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predicted == y).mean())
 
 
-def write_schema(path: Path, info: dict | None = None) -> Path:
+def write_schema(path: Path, x_train: np.ndarray, info: dict | None = None) -> Path:
     info = info or dataset_info()
     schema = {
         "input_name": "features",
@@ -77,7 +77,7 @@ def write_schema(path: Path, info: dict | None = None) -> Path:
         "labels": info["labels"],
         "max_rows": 256,
         # explanations start from the average training row (all zeros is no patient at all)
-        "baseline": [round(float(v), 6) for v in load_split()[0].mean(0)],
+        "baseline": [round(float(v), 6) for v in x_train.mean(0)],
     }
     path.write_text(json.dumps(schema, indent=1))
     return path
@@ -90,7 +90,7 @@ def export_files(work_dir: Path) -> tuple[Path, Path]:
     x_train, _, y_train, _ = load_split()
     weights = work_dir / f"{TABULAR_NAME}.pt"
     torch.save(train(x_train, y_train).state_dict(), weights)
-    return weights, write_schema(work_dir / SCHEMA_FILE)
+    return weights, write_schema(work_dir / SCHEMA_FILE, x_train)
 
 
 def tabular_spec(export_path: str, work_dir: Path) -> ArchiveSpec:

@@ -85,13 +85,13 @@ def test_derived_archive_still_passes_its_integrity_check(layout, tmp_path):
 
 
 def test_protocol_v1_image_and_pvc_variants_validate(archive, tmp_path):
-    v1 = write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "v1", protocol="v1", storage_uri="pvc://models/tab"))
+    v1, _ = write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "v1", protocol="v1", storage_uri="pvc://models/tab"))
     isvc = yaml.safe_load(v1["inferenceservice"].read_text())
     assert "secret" not in v1 and "serviceAccountName" not in isvc["spec"]["predictor"]  # a PVC needs no credentials
     assert isvc["spec"]["predictor"]["batcher"] == {"maxBatchSize": 4, "maxLatency": 10}  # the archive's batching
     assert read_properties(v1["config"])["service_envelope"] == "kserve"
-    own = write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "own", image="registry.example/tab:1.0",
-                               min_replicas=2, max_replicas=8, cpu="2", memory="4Gi", namespace="ml"))
+    own, _ = write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "own", image="registry.example/tab:1.0",
+                                  min_replicas=2, max_replicas=8, cpu="2", memory="4Gi", namespace="ml"))
     isvc_own = yaml.safe_load(own["inferenceservice"].read_text())
     [container] = isvc_own["spec"]["predictor"]["containers"]
     assert container["image"] == "registry.example/tab:1.0" and "model" not in isvc_own["spec"]["predictor"]
