@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 import numpy as np
 import tritonclient.http as triton
 
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +55,6 @@ def v2_post(server, model: str, **kwargs):
 def kserve_server(store: Path, workdir: Path, envelope: str) -> TorchServeProcess:
     """The shipped config.properties serving every archive of `store` behind `service_envelope=envelope`."""
     names = sorted(p.stem for p in store.glob("*.mar"))
-    models = {n: {"1.0": {"defaultVersion": True, "marName": f"{n}.mar", "minWorkers": 1, "maxWorkers": 1,
-                          "batchSize": 1}} for n in names}
+    models = serve_overrides({n: {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1} for n in names})
     return TorchServeProcess(workdir, REPO / "config.properties", store, overrides={
-        "load_models": ",".join(f"{n}.mar" for n in names), "models": json.dumps(models),
-        "service_envelope": envelope, "ts_open_inference_protocol": "true"})
+        **models, "service_envelope": envelope, "ts_open_inference_protocol": "true"})

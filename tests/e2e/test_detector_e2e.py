@@ -1,7 +1,6 @@
 """The scene detector, built by `tskit build --handler object_detector`, served by a real TorchServe."""
 import base64
 import concurrent.futures
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from export.zoo.detection import (
     DETECTOR_NAME, OBJECTS, TRAIN_BACKGROUNDS, box_iou, detection_quality, heldout_scenes, make_scenes,
     reference_scenes, scene_inputs, scene_png, write_detector_files,
 )
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +41,7 @@ def detector_server(tmp_path_factory):
                    "--extra-files", files["extra_files"], "--reference", str(reference), "--export-path", str(store)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **SETTINGS}}}
-    overrides = {"load_models": f"{MODEL}.mar", "models": json.dumps(models)}
+    overrides = serve_overrides({MODEL: SETTINGS})
     with TorchServeProcess(work / "ts", REPO / "config.properties", store, overrides=overrides) as server:
         yield server
 

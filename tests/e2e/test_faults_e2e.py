@@ -19,7 +19,7 @@ import requests
 
 from export.zoo import DEFAULT_NAME
 from tskit.loadgen import BackgroundLoad
-from tskit.properties import model_settings, read_properties
+from tskit.properties import model_settings, read_properties, serve_overrides
 from tskit.server import TorchServeProcess
 from tskit.workers import is_model_worker, worker_pids
 
@@ -41,12 +41,10 @@ def faults_server(e2e_store, tmp_path_factory):
     build_slow_archive(store, work / SLOW, SLOW, SLOW_FRONTEND)
     sealed = build_slow_archive(work / "sealed", work / BROKEN, BROKEN, SLOW_FRONTEND)
     tamper_archive(sealed, store / f"{BROKEN}.mar")
-    models = model_settings(read_properties(REPO / "config.properties"))
-    for name in (SLOW, BROKEN):
-        models[name] = {"1.0": {"defaultVersion": True, "marName": f"{name}.mar", **SLOW_FRONTEND}}
+    shipped = model_settings(read_properties(REPO / "config.properties"))[DEFAULT_NAME]["1.0"]
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-faults"), REPO / "config.properties", store,
-                           overrides={"load_models": ",".join(f"{m}.mar" for m in models),
-                                      "models": json.dumps(models)})
+                           overrides=serve_overrides({DEFAULT_NAME: shipped, SLOW: SLOW_FRONTEND,
+                                                      BROKEN: SLOW_FRONTEND}))
     ts.start(wait=False)  # `broken` never gets a READY worker
     try:
         ts.client.wait_ready(DEFAULT_NAME, 2, timeout=300, proc=ts.proc)

@@ -9,6 +9,7 @@ import pytest
 
 from export.zoo import SAMPLE_TOP1
 from handlers.integrity import MANIFEST_NAME
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 from export.zoo import CONFIG_DIR
@@ -17,9 +18,9 @@ from tests.e2e.conftest import tamper_archive
 REPO = CONFIG_DIR.parent
 
 
-def one_worker_each(names):
-    return json.dumps({n: {"1.0": {"defaultVersion": True, "marName": f"{n}.mar", "minWorkers": 1, "maxWorkers": 1,
-                                   "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}} for n in names})
+def one_worker_each(names) -> dict:
+    return serve_overrides({n: {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10,
+                                "responseTimeout": 120} for n in names})
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,7 @@ def format_server(format_archives, tmp_path_factory):
     store = format_archives["eager"].parent
     names = [mar.stem for mar in format_archives.values()]
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-formats"), REPO / "config.properties", store,
-                           overrides={"load_models": ",".join(f"{n}.mar" for n in names),
-                                      "models": one_worker_each(names)})
+                           overrides=one_worker_each(names))
     ts.start(timeout=300)
     yield ts
     ts.stop()
@@ -60,7 +60,7 @@ def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
     with zipfile.ZipFile(default_mar) as src:
         manifest = json.loads(src.read(MANIFEST_NAME))
     ts = TorchServeProcess(tmp_path / "ts", REPO / "config.properties", store,
-                           overrides={"models": one_worker_each(["efficientnet_lite0"])})
+                           overrides=one_worker_each(["efficientnet_lite0"]))
     ts.start(wait=False)
     try:
         log = ts.wait_log("archive refused", timeout=240)  # generous: a loaded CI machine starts workers slowly

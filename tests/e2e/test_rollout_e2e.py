@@ -1,7 +1,6 @@
 """Model versions on a real TorchServe through `tskit`: a rollout that is refused, one that promotes, a
 rollback under load with zero failed requests, and unregister. The server runs the shipped
 config.properties with the register API turned on (`enable_model_api=true`), which rollouts need."""
-import json
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import pytest
 from export.variants import derive_archive
 from export.zoo import DEFAULT_NAME
 from tskit.loadgen import BackgroundLoad
+from tskit.properties import serve_overrides
 from tskit.rollout import default_version, versions
 from tskit.server import TorchServeProcess
 
@@ -36,11 +36,9 @@ def candidates(e2e_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def versioned_server(candidates, tmp_path_factory):
     store = candidates[0]
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **ONE_WORKER, "batchSize": 8,
-                              "maxBatchDelay": 5, "responseTimeout": 120}}}
+    models = serve_overrides({MODEL: {**ONE_WORKER, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 120}})
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-rollout"), REPO / "config.properties", store,
-                           overrides={"enable_model_api": "true", "load_models": f"{MODEL}.mar",
-                                      "models": json.dumps(models)})
+                           overrides={"enable_model_api": "true", **models})
     with ts:
         yield ts
 

@@ -9,6 +9,7 @@ import yaml
 
 from export.zoo.text import LABELS, TEXT_NAME, ZOO_DIR, load_split, train_text_model
 from handlers.text_classifier import TextClassifier
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 from tskit.testing import load_handler, run_batch, unpack_archive
 
@@ -35,9 +36,8 @@ def text_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_server(text_store, tmp_path_factory):
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **FRONTEND}}}
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-text"), REPO / "config.properties", text_store,
-                           overrides={"load_models": f"{MODEL}.mar", "models": json.dumps(models)})
+                           overrides=serve_overrides({MODEL: FRONTEND}))
     with ts:
         yield ts
 
