@@ -40,16 +40,13 @@ def v2_infer(server, model: str, inputs: dict) -> dict:
 
 def v1_predict(server, model: str, body: dict, verb: str = "predict"):
     """POST /v1/models/MODEL:predict (or `verb="explain"`)."""
-    c = server.client
-    return c.session.post(f"{c.inference_url}/v1/models/{model}:{verb}", json=body,
-                          headers=c._headers("inference"), timeout=120)
+    return server.client.inference("POST", f"/v1/models/{model}:{verb}", json=body, timeout=120)
 
 
-def v2_post(server, model: str, **kwargs):
-    """A raw v2 request, for what a client library would not send (bad inputs, broken bodies)."""
-    c = server.client
-    return c.session.post(f"{c.inference_url}/v2/models/{model}/infer", headers=c._headers("inference"),
-                          timeout=120, **kwargs)
+def v2_post(server, model: str, timeout: float = 120, **kwargs):
+    """A raw v2 request, for what a client library would not send (bad inputs, broken bodies); `headers` add
+    to the inference key."""
+    return server.client.inference("POST", f"/v2/models/{model}/infer", timeout=timeout, **kwargs)
 
 
 def kserve_server(store: Path, workdir: Path, envelope: str) -> TorchServeProcess:

@@ -87,16 +87,15 @@ def test_explanations_over_http(detector_server):
     """Each detection with its saliency map and heatmap; a bad target is a JSON 400."""
     c = detector_server.client
     image, boxes, labels = heldout_scenes(1)[0]
-    url, headers = f"{c.inference_url}/explanations/{MODEL}", c._headers("inference")
-    r = c.session.post(url, data=scene_png(image), headers=headers, timeout=300)
+    r = c.inference("POST", f"/explanations/{MODEL}", data=scene_png(image), timeout=300)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["method"] == "saliency" and body["input_size"] == list(image.size)
     assert {d["label"] for d in body["detections"]} <= set(OBJECTS) and body["detections"]
     for det in body["detections"]:
         assert base64.b64decode(det["heatmap_png"])[:4] == b"\x89PNG" and 0 < det["mass_in_box"] <= 1
-    bad = c.session.post(url, json={"data": base64.b64encode(scene_png(image)).decode(), "target": "unicorn"},
-                         headers=headers, timeout=300)
+    bad = c.inference("POST", f"/explanations/{MODEL}", timeout=300,
+                      json={"data": base64.b64encode(scene_png(image)).decode(), "target": "unicorn"})
     assert bad.status_code == 400 and bad.json()["type"] == "BadTarget"
     assert detector_server.client.ready_workers(MODEL) == 1
 

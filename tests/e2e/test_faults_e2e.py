@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from export.zoo import DEFAULT_NAME
+from tskit.client import TorchServeClient
 from tskit.loadgen import BackgroundLoad
 from tskit.properties import model_settings, read_properties, serve_overrides
 from tskit.server import TorchServeProcess
@@ -30,6 +31,7 @@ RESPONSE_TIMEOUT_S = 5
 SLOW_FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10,
                  "responseTimeout": RESPONSE_TIMEOUT_S}
 CLIENTS = 6
+JSON = {"Content-Type": "application/json"}
 RECOVERY_BOUND_S = 120  # generous: a worker restart on a shared, loaded 2-core machine
 
 
@@ -52,11 +54,6 @@ def faults_server(e2e_store, tmp_path_factory):
         yield ts
     finally:
         ts.stop()
-
-
-def inference(ts, model: str):
-    c = ts.client
-    return f"{c.inference_url}/predictions/{model}", c._headers("inference")
 
 
 def wait_for(condition, timeout: float, step: float = 0.2):
@@ -108,17 +105,16 @@ def test_kill_9_of_a_worker_under_load(faults_server, photo_bytes):
 
 def test_a_handler_hanging_past_response_timeout_is_recovered(faults_server):
     ts = faults_server
-    url, headers = inference(ts, SLOW)
-    headers = {**headers, "Content-Type": "application/json"}
 
-    def post(seconds: float, session=ts.client.session) -> tuple[requests.Response, float]:
-        response = session.post(url, data=slow_row(seconds), headers=headers, timeout=120)
+    def post(seconds: float, client=ts.client) -> tuple[requests.Response, float]:
+        response = client.predict(SLOW, slow_row(seconds), headers=JSON, timeout=120)
         return response, time.monotonic()
 
     [hung_pid] = worker_pids(ts.client, SLOW).values()
+    apart = TorchServeClient.from_config(ts.config_file, ts.workdir)  # its own session, for the request that hangs
     with ThreadPoolExecutor(1) as pool:
         sent = time.monotonic()
-        hanging = pool.submit(post, 3600, requests.Session())
+        hanging = pool.submit(post, 3600, apart)
         time.sleep(1)
         queued, queued_done = post(0)  # sent while the worker hangs: it waits in the queue
         failure, failed_at = hanging.result()
@@ -155,7 +151,5 @@ def test_a_model_that_fails_to_load_says_why_in_the_log_and_in_status(faults_ser
     assert "no READY worker" not in "\n".join(lines[healthy:healthy + 2])
     # TorchServe 0.12 queues a request for a model whose workers keep failing to load: no error comes back,
     # the client waits (here 3 s) for a worker that never gets READY. `tskit status` is where to look.
-    url, headers = inference(ts, BROKEN)
     with pytest.raises(requests.ReadTimeout):
-        ts.client.session.post(url, data=slow_row(0), headers={**headers, "Content-Type": "application/json"},
-                               timeout=3)
+        ts.client.predict(BROKEN, slow_row(0), headers=JSON, timeout=3)

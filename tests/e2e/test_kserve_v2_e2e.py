@@ -99,12 +99,9 @@ def test_a_bad_input_is_answered_in_place_and_the_worker_survives(server):
 def test_a_body_the_envelope_cannot_read_fails_before_the_handler_and_the_worker_survives(server):
     """Not JSON, or no `inputs`: TorchServe's envelope raises before the handler runs (TorchServe answers 503);
     KServe's model server in front of TorchServe rejects such requests itself. The worker lives on."""
-    for kwargs in ({"data": b"{not json", "headers_extra": {"Content-Type": "application/json"}},
+    for kwargs in ({"data": b"{not json", "headers": {"Content-Type": "application/json"}},
                    {"json": {"instances": ["a v1 body"]}}):
-        extra = kwargs.pop("headers_extra", {})
-        c = server.client
-        r = c.session.post(f"{c.inference_url}/v2/models/{TEXT_NAME}/infer",
-                           headers={**c._headers("inference"), **extra}, timeout=60, **kwargs)
+        r = v2_post(server, TEXT_NAME, timeout=60, **kwargs)
         assert r.status_code >= 400 and r.json()["code"] == r.status_code
     assert top1(v2_infer(server, TEXT_NAME, {"t": "see you at home tonight"})["t"]) == "ham"
     assert all(server.client.ready_workers(m) == 1 for m in (TEXT_NAME, TABULAR_NAME, DEFAULT_NAME, DETECTOR_NAME))

@@ -36,18 +36,14 @@ def test_real_photos_over_http(server, photo_bytes, name):
 
 def test_put_like_curl_T(server, photo_bytes):
     c = server.client
-    r = c.session.put(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"],
-                      headers=c._headers("inference"), timeout=60)
+    r = c.inference("PUT", f"/predictions/{MODEL}", data=photo_bytes["coffee.png"], timeout=60)
     assert top1(r) == "espresso"
 
 
 def test_multipart_and_base64_json(server, photo_bytes):
-    c = server.client
-    url = f"{c.inference_url}/predictions/{MODEL}"
-    multipart = c.session.post(url, files={"data": ("coffee.png", photo_bytes["coffee.png"])},
-                               headers=c._headers("inference"), timeout=60)
-    as_json = c.session.post(url, json={"data": base64.b64encode(photo_bytes["coffee.png"]).decode()},
-                             headers=c._headers("inference"), timeout=60)
+    c, coffee = server.client, photo_bytes["coffee.png"]
+    multipart = c.inference("POST", f"/predictions/{MODEL}", files={"data": ("coffee.png", coffee)}, timeout=60)
+    as_json = c.inference("POST", f"/predictions/{MODEL}", json={"data": base64.b64encode(coffee).decode()}, timeout=60)
     assert top1(multipart) == top1(as_json) == "espresso"
 
 
@@ -79,8 +75,7 @@ def test_model_log_carries_request_ids_timings_and_reasons(server, photo_bytes):
 
 def test_explanations_endpoint(server, photo_bytes):
     c = server.client
-    r = c.session.post(f"{c.inference_url}/explanations/{MODEL}", data=photo_bytes["chelsea.png"],
-                       headers=c._headers("inference"), timeout=120)
+    r = c.inference("POST", f"/explanations/{MODEL}", data=photo_bytes["chelsea.png"], timeout=120)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["target"] in SAMPLE_TOP1["chelsea.png"] and len(body["attributions"]) == 224

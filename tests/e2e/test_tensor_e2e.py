@@ -65,9 +65,8 @@ def expected(trained):
 
 
 def post(server, content_type: str | None = None, **kwargs):
-    c = server.client
-    headers = {**c._headers("inference"), **({"Content-Type": content_type} if content_type else {})}
-    return c.session.post(f"{c.inference_url}/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
+    headers = {"Content-Type": content_type} if content_type else None
+    return server.client.inference("POST", f"/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
 
 
 def top1(response) -> str:
@@ -141,9 +140,7 @@ def test_drift_gauges_stay_low_on_held_out_rows_and_rise_on_rescaled_ones(server
 
 
 def explain(server, **kwargs):
-    c = server.client
-    return c.session.post(f"{c.inference_url}/explanations/{MODEL}", headers=c._headers("inference"), timeout=120,
-                          **kwargs)
+    return server.client.inference("POST", f"/explanations/{MODEL}", timeout=120, **kwargs)
 
 
 def test_explanations_over_http(server, expected):

@@ -62,9 +62,7 @@ def top1(response) -> str:
 
 
 def post(server, **kwargs):
-    c = server.client
-    headers = {**c._headers("inference"), **kwargs.pop("headers", {})}
-    return c.session.post(f"{c.inference_url}/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
+    return server.client.inference("POST", f"/predictions/{MODEL}", timeout=60, **kwargs)
 
 
 def test_server_runs_the_configured_batching(text_server):
@@ -133,8 +131,7 @@ def test_explanations_and_predictions_batched_together(text_server, held_out):
 
     def send(k):
         endpoint = "explanations" if k % 2 else "predictions"
-        return c.session.post(f"{c.inference_url}/{endpoint}/{MODEL}", data=texts[k].encode(),
-                              headers=c._headers("inference"), timeout=120)
+        return c.inference("POST", f"/{endpoint}/{MODEL}", data=texts[k].encode(), timeout=120)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(send, range(len(texts))))
