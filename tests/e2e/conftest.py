@@ -58,6 +58,12 @@ def server(e2e_store, tmp_path_factory):
     ts.stop()
 
 
+def tskit_cli(ts: TorchServeProcess, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`tskit ARGS` against the live server `ts`: its config.properties, and the key file in its workdir."""
+    return subprocess.run(TSKIT + [*args, "--config", str(ts.config_file), "--workdir", str(ts.workdir)],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
 def build_slow_archive(store: Path, work: Path, name: str, frontend: dict) -> Path:
     """`slow_model.py` behind the tensor handler (rows of 4 features; the first is seconds to sleep), with
     TorchServe settings `frontend` (workers, batching, responseTimeout) in its model-config.yaml."""

@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +22,7 @@ from tskit.properties import model_settings, read_properties, serve_overrides
 from tskit.server import TorchServeProcess
 from tskit.workers import is_model_worker, worker_pids
 
-from tests.e2e.conftest import REPO, build_slow_archive, slow_row, tamper_archive
+from tests.e2e.conftest import REPO, build_slow_archive, slow_row, tamper_archive, tskit_cli
 
 SLOW, BROKEN = "slow", "broken"
 RESPONSE_TIMEOUT_S = 5
@@ -137,8 +135,7 @@ def test_a_handler_hanging_past_response_timeout_is_recovered(faults_server):
 def test_a_model_that_fails_to_load_says_why_in_the_log_and_in_status(faults_server):
     ts = faults_server
     assert "archive refused" in ts.wait_log("archive refused", timeout=240)
-    status = subprocess.run([sys.executable, "-m", "tskit.cli", "status", "--config", str(ts.config_file),
-                             "--workdir", str(ts.workdir)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    status = tskit_cli(ts, "status", timeout=120)
     print(status.stdout)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()

@@ -3,8 +3,6 @@ import base64
 import concurrent.futures
 import io
 import random
-import subprocess
-import sys
 
 import pytest
 import requests
@@ -13,6 +11,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from export.zoo import DEFAULT_NAME, SAMPLE_TOP1, guard_images
 from tskit.alerts import alert_metric_names
 from tskit.client import read_keys
+
+from tests.e2e.conftest import tskit_cli
 
 MODEL = DEFAULT_NAME
 
@@ -100,12 +100,10 @@ def test_scale_workers_through_the_management_api(server, photo_bytes):
 
 
 def test_cli_reads_the_key_file(server, photos):
-    args = ["--config", str(server.config_file), "--workdir", str(server.workdir)]
-    predict = subprocess.run([sys.executable, "-m", "tskit.cli", "predict", *args, MODEL, str(photos["coffee.png"])],
-                             capture_output=True, text=True)
+    predict = tskit_cli(server, "predict", MODEL, str(photos["coffee.png"]))
     assert predict.returncode == 0, predict.stderr
     assert "espresso" in predict.stdout
-    status = subprocess.run([sys.executable, "-m", "tskit.cli", "status", *args], capture_output=True, text=True)
+    status = tskit_cli(server, "status")
     assert status.returncode == 0 and "READY" in status.stdout
 
 
