@@ -75,14 +75,19 @@ def test_kill_9_of_a_worker_under_load(faults_server, photo_bytes):
         victim_id, victim = min(before.items())
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        back = wait_for(lambda: (lambda now: now if len(now) == 2 and victim not in now.values() else None)(
-            worker_pids(ts.client, DEFAULT_NAME)), RECOVERY_BOUND_S, step=0.5)
+
+        def replaced() -> dict | None:
+            """Both workers' pids once the victim's is gone from them."""
+            now = worker_pids(ts.client, DEFAULT_NAME)
+            return now if len(now) == 2 and victim not in now.values() else None
+
+        back = wait_for(replaced, RECOVERY_BOUND_S, step=0.5)
         restarted_s = time.monotonic() - killed_at
         assert back, f"worker {victim_id} not back READY within {RECOVERY_BOUND_S}s"
         time.sleep(5)  # load on the restarted pair
     outcomes = load.outcomes
     failed = [o for o in outcomes if o.status != 200]
-    after = [o for o in outcomes if o.sent_at > killed_at]
+    after = load.since(killed_at)
     # Bound: the killed worker held one batch, so at most batchSize requests, and only requests already in
     # flight at the kill can be in it (with fewer clients than batchSize, at most one per client).
     bound = min(batch_size, CLIENTS)
