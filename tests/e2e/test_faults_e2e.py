@@ -10,12 +10,14 @@ import os
 import shutil
 import signal
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from export.zoo import DEFAULT_NAME
+from handlers.integrity import MANIFEST_NAME
 from tskit.client import TorchServeClient
 from tskit.loadgen import BackgroundLoad
 from tskit.properties import model_settings, read_properties, serve_overrides
@@ -139,7 +141,11 @@ def test_a_handler_hanging_past_response_timeout_is_recovered(faults_server):
 
 def test_a_model_that_fails_to_load_says_why_in_the_log_and_in_status(faults_server):
     ts = faults_server
-    assert "archive refused" in ts.wait_log("archive refused", timeout=240)
+    log = ts.wait_log("archive refused", timeout=240)  # generous: a loaded CI machine starts workers slowly
+    assert "archive refused" in log and "handlers/payload.py: sha256" in log
+    assert ts.client.ready_workers(BROKEN) == 0
+    with zipfile.ZipFile(ts.model_store / f"{BROKEN}.mar") as mar:  # the manifest as sealed: only payload.py changed
+        assert json.loads(mar.read(MANIFEST_NAME))["files"]["handlers/payload.py"]
     status = tskit_cli(ts, "status", timeout=120)
     print(status.stdout)
     assert status.returncode == 0, status.stderr
