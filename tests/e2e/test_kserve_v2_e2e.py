@@ -57,11 +57,10 @@ def test_text_messages_as_bytes(server):
 
 def test_tabular_rows_as_an_fp32_tensor_and_named_rows_as_json(server):
     _, x_test, _, y_test = load_split()
-    names = dataset_info()["feature_names"]
-    named = '{"inputs": [%s]}' % ", ".join(
-        "{%s}" % ", ".join(f'"{n}": {float(v)}' for n, v in zip(names, row)) for row in x_test[40:42])
+    info = dataset_info()
+    named = json.dumps({"inputs": [dict(zip(info["feature_names"], map(float, row))) for row in x_test[40:42]]})
     answers = v2_infer(server, TABULAR_NAME, {"rows": x_test[:40].astype(np.float32), "named": named})
-    labels = dataset_info()["labels"]
+    labels = info["labels"]
     assert np.mean([labels.index(top1(a)) == y for a, y in zip(answers["rows"], y_test[:40])]) >= 0.9
     assert [labels.index(top1(a)) for a in answers["named"]] == [labels.index(top1(a)) for a in
                                                                  v2_infer(server, TABULAR_NAME, {
