@@ -11,6 +11,7 @@ import yaml
 
 from export.zoo import (CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, reference_photos,
                         sample_photos, write_imagenet_labels)
+from tskit.client import read_keys
 from tskit.server import TorchServeProcess
 
 REPO = CONFIG_DIR.parent
@@ -104,7 +105,7 @@ def curl():
     """`curl(server, path, *args)`: the real curl binary against a live server, with the Bearer token read
     from the server's key_file.json as a user would; returns (HTTP status, body parsed as JSON or text)."""
     def run(server, path: str, *args: str):
-        key = json.loads((server.workdir / "key_file.json").read_text())["inference"]["key"]
+        key = read_keys(server.workdir / "key_file.json")["inference"]
         cmd = ["curl", "-sS", "--max-time", "300", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {key}",
                f"{server.client.inference_url}{path}", *args]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -115,6 +116,8 @@ def curl():
         except ValueError:
             return int(status), body
     return run
+
+
 @pytest.fixture(scope="session")
 def kserve_built(e2e_store, tmp_path_factory):
     """One archive per handler, as built: the default image classifier, the spam text classifier, the tabular

@@ -14,7 +14,6 @@ from tests.oip import REPO, v1_predict, v2_infer
 from tskit.k8s import local_overrides
 from tskit.server import TorchServeProcess, free_port
 
-pytestmark = pytest.mark.e2e
 LABELS = dataset_info()["labels"]
 
 

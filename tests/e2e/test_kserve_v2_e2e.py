@@ -17,8 +17,6 @@ from export.zoo.text import LABELS, TEXT_NAME
 from export.zoo.text import load_split as text_split
 from tests.oip import kserve_server, v2_client, v2_infer, v2_input, v2_post
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def server(kserve_store, tmp_path_factory):

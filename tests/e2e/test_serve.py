@@ -139,7 +139,7 @@ def test_a_wrong_or_misplaced_key_is_refused(server, photo_bytes):
         assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"]
 
 
-def test_the_shipped_config_refuses_model_registration(server, e2e_store):
+def test_the_shipped_config_refuses_model_registration(server):
     for method, path in (("POST", f"/models?url={MODEL}.mar&model_name=again"), ("DELETE", f"/models/{MODEL}")):
         r = server.client.management(method, path)
         assert r.status_code == 405, r.text
