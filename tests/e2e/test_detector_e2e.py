@@ -2,11 +2,8 @@
 import base64
 import concurrent.futures
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image, ImageEnhance
 
 from export.zoo.detection import (
@@ -16,8 +13,7 @@ from export.zoo.detection import (
 from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
-REPO = Path(__file__).resolve().parents[2]
-TSKIT = [sys.executable, "-m", "tskit.cli"]
+from tests.e2e.conftest import REPO, TSKIT, drift_build_inputs
 
 MODEL = DETECTOR_NAME
 SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
@@ -27,17 +23,11 @@ DRIFT = {"drift_window": 64, "drift_min_count": 64, "drift_every": 1}  # one wor
 @pytest.fixture(scope="module")
 def detector_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("detector-e2e")
-    files = write_detector_files(work)
-    config = yaml.safe_load(Path(files["config"]).read_text())
-    config["handler"].update(DRIFT)
-    Path(files["config"]).write_text(yaml.safe_dump(config))
-    reference = work / "reference"
-    reference.mkdir()
-    for item in scene_inputs(reference_scenes(), "reference"):
-        (reference / item.name).write_bytes(item.payload)
+    files = write_detector_files(work)  # its config is work/model-config.yaml: rewritten with DRIFT in place
+    config, reference = drift_build_inputs(work, files["config"], DRIFT, scene_inputs(reference_scenes(), "reference"))
     store = work / "model_store"
     cmd = TSKIT + ["build", MODEL, "--serialized-file", files["serialized_file"], "--model-file", files["model_file"],
-                   "--handler", "object_detector", "--labels", files["labels"], "--config", files["config"],
+                   "--handler", "object_detector", "--labels", files["labels"], "--config", str(config),
                    "--extra-files", files["extra_files"], "--reference", str(reference), "--export-path", str(store)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
