@@ -3,6 +3,8 @@ import pytest
 
 from export.archive import build_archive
 from export.zoo import SAMPLE_TOP1, default_spec, sample_photos
+from export.zoo.tabular import build_tabular_archive
+from export.zoo.text import build_text_archive
 from handlers.image_classifier import ImageClassifier
 from tskit.testing import load_handler, unpack_archive
 
@@ -36,6 +38,19 @@ def classifier(default_model_dir):
     """The default archive's handler, initialised exactly as a TorchServe worker would."""
     return load_handler(ImageClassifier, default_model_dir)
 
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory):
+    """The SMS spam archive (its model trained at build time), built and unpacked once for every test."""
+    work = tmp_path_factory.mktemp("text-archive")
+    return unpack_archive(build_text_archive(str(work / "model_store"), work), work / "unpacked")
+
+
+@pytest.fixture(scope="session")
+def tabular_mar(tmp_path_factory):
+    """The tabular archive (an MLP trained at build time), built once for every test."""
+    work = tmp_path_factory.mktemp("tabular")
+    return build_tabular_archive(work / "model_store", work / "build")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 import numpy as np
 import tritonclient.http as triton
 
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,23 +40,18 @@ def v2_infer(server, model: str, inputs: dict) -> dict:
 
 def v1_predict(server, model: str, body: dict, verb: str = "predict"):
     """POST /v1/models/MODEL:predict (or `verb="explain"`)."""
-    c = server.client
-    return c.session.post(f"{c.inference_url}/v1/models/{model}:{verb}", json=body,
-                          headers=c._headers("inference"), timeout=120)
+    return server.client.inference("POST", f"/v1/models/{model}:{verb}", json=body, timeout=120)
 
 
-def v2_post(server, model: str, **kwargs):
-    """A raw v2 request, for what a client library would not send (bad inputs, broken bodies)."""
-    c = server.client
-    return c.session.post(f"{c.inference_url}/v2/models/{model}/infer", headers=c._headers("inference"),
-                          timeout=120, **kwargs)
+def v2_post(server, model: str, timeout: float = 120, **kwargs):
+    """A raw v2 request, for what a client library would not send (bad inputs, broken bodies); `headers` add
+    to the inference key."""
+    return server.client.inference("POST", f"/v2/models/{model}/infer", timeout=timeout, **kwargs)
 
 
 def kserve_server(store: Path, workdir: Path, envelope: str) -> TorchServeProcess:
     """The shipped config.properties serving every archive of `store` behind `service_envelope=envelope`."""
     names = sorted(p.stem for p in store.glob("*.mar"))
-    models = {n: {"1.0": {"defaultVersion": True, "marName": f"{n}.mar", "minWorkers": 1, "maxWorkers": 1,
-                          "batchSize": 1}} for n in names}
+    models = serve_overrides({n: {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1} for n in names})
     return TorchServeProcess(workdir, REPO / "config.properties", store, overrides={
-        "load_models": ",".join(f"{n}.mar" for n in names), "models": json.dumps(models),
-        "service_envelope": envelope, "ts_open_inference_protocol": "true"})
+        **models, "service_envelope": envelope, "ts_open_inference_protocol": "true"})

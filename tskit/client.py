@@ -80,10 +80,14 @@ class TorchServeClient:
         except (requests.ConnectionError, requests.Timeout, ValueError):
             return False
 
+    def inference(self, method: str, path: str, headers: dict | None = None, **kwargs) -> requests.Response:
+        """A request to the inference API with the inference key; `headers` add to it."""
+        return self.session.request(method, f"{self.inference_url}{path}",
+                                    headers={**self._headers("inference"), **(headers or {})},
+                                    timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+
     def predict(self, model: str, data: bytes, version: str | None = None, **kwargs) -> requests.Response:
-        url = f"{self.inference_url}/predictions/{model}" + (f"/{version}" if version else "")
-        headers = {**self._headers("inference"), **kwargs.pop("headers", {})}
-        return self.session.post(url, data=data, headers=headers, timeout=self.timeout, **kwargs)
+        return self.inference("POST", f"/predictions/{model}" + (f"/{version}" if version else ""), data=data, **kwargs)
 
     # ---- management API -------------------------------------------------------------------------
     def management(self, method: str, path: str, **kwargs) -> requests.Response:

@@ -32,3 +32,10 @@ def model_settings(props: dict[str, str]) -> dict:
     if props.get("models"):
         return json.loads(props["models"])
     return json.loads(props["model_snapshot"]).get("models", {}) if props.get("model_snapshot") else {}
+
+
+def serve_overrides(settings: dict[str, dict]) -> dict[str, str]:
+    """The config.properties keys that load each `{model: settings}` at start, from `{model}.mar`, as its
+    default version 1.0 with those settings (minWorkers, batchSize, ...): what `model_settings` reads back."""
+    models = {name: {"1.0": {"defaultVersion": True, "marName": f"{name}.mar", **s}} for name, s in settings.items()}
+    return {"load_models": ",".join(f"{name}.mar" for name in settings), "models": json.dumps(models)}

@@ -11,6 +11,7 @@ import yaml
 
 from export.zoo import (CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, reference_photos,
                         sample_photos, write_imagenet_labels)
+from tskit.client import read_keys
 from tskit.server import TorchServeProcess
 
 REPO = CONFIG_DIR.parent
@@ -20,19 +21,25 @@ E2E_DRIFT = {"drift_window": 48, "drift_min_count": 24, "drift_every": 8}
 SLOW_MODEL_FILE = Path(__file__).with_name("slow_model.py")
 
 
+def drift_build_inputs(work: Path, config: Path, drift: dict, reference: list) -> tuple[Path, Path]:
+    """What `tskit build --config --reference` takes for a drift test: `config` with `drift` in its handler
+    section, as work/model-config.yaml, and the `reference` inputs (name, payload) as files in work/reference."""
+    settings = yaml.safe_load(Path(config).read_text())
+    settings["handler"].update(drift)
+    (work / "model-config.yaml").write_text(yaml.safe_dump(settings))
+    (work / "reference").mkdir()
+    for item in reference:
+        (work / "reference" / item.name).write_bytes(item.payload)
+    return work / "model-config.yaml", work / "reference"
+
+
 def tskit_build(store: Path, work: Path) -> Path:
     """The default archive through the CLI, with the guard photos as its drift reference."""
     labels = write_imagenet_labels(work / "index_to_name.json")
-    reference = work / "reference"
-    reference.mkdir()
-    for photo in reference_photos():
-        (reference / photo.name).write_bytes(photo.payload)
-    config = yaml.safe_load((CONFIG_DIR / f"{DEFAULT_NAME}.yaml").read_text())
-    config["handler"].update(E2E_DRIFT)
-    (work / "model-config.yaml").write_text(yaml.safe_dump(config))
+    config, reference = drift_build_inputs(work, CONFIG_DIR / f"{DEFAULT_NAME}.yaml", E2E_DRIFT, reference_photos())
     cmd = TSKIT + ["build", DEFAULT_NAME, "--serialized-file", efficientnet_lite0_weights(),
                    "--model-file", str(ZOO_DIR / "efficientnet_lite0.py"), "--handler", "image_classifier",
-                   "--labels", str(labels), "--config", str(work / "model-config.yaml"),
+                   "--labels", str(labels), "--config", str(config),
                    "--export-path", str(store), "--reference", str(reference),
                    "--golden", *map(str, sample_photos().values())]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -56,6 +63,12 @@ def server(e2e_store, tmp_path_factory):
     ts.start(timeout=300)
     yield ts
     ts.stop()
+
+
+def tskit_cli(ts: TorchServeProcess, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`tskit ARGS` against the live server `ts`: its config.properties, and the key file in its workdir."""
+    return subprocess.run(TSKIT + [*args, "--config", str(ts.config_file), "--workdir", str(ts.workdir)],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
 def build_slow_archive(store: Path, work: Path, name: str, frontend: dict) -> Path:
@@ -98,7 +111,7 @@ def curl():
     """`curl(server, path, *args)`: the real curl binary against a live server, with the Bearer token read
     from the server's key_file.json as a user would; returns (HTTP status, body parsed as JSON or text)."""
     def run(server, path: str, *args: str):
-        key = json.loads((server.workdir / "key_file.json").read_text())["inference"]["key"]
+        key = read_keys(server.workdir / "key_file.json")["inference"]
         cmd = ["curl", "-sS", "--max-time", "300", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {key}",
                f"{server.client.inference_url}{path}", *args]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -109,6 +122,8 @@ def curl():
         except ValueError:
             return int(status), body
     return run
+
+
 @pytest.fixture(scope="session")
 def kserve_built(e2e_store, tmp_path_factory):
     """One archive per handler, as built: the default image classifier, the spam text classifier, the tabular

@@ -1,23 +1,19 @@
 """The scene detector, built by `tskit build --handler object_detector`, served by a real TorchServe."""
 import base64
 import concurrent.futures
-import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image, ImageEnhance
 
 from export.zoo.detection import (
     DETECTOR_NAME, OBJECTS, TRAIN_BACKGROUNDS, box_iou, detection_quality, heldout_scenes, make_scenes,
     reference_scenes, scene_inputs, scene_png, write_detector_files,
 )
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
-REPO = Path(__file__).resolve().parents[2]
-TSKIT = [sys.executable, "-m", "tskit.cli"]
+from tests.e2e.conftest import REPO, TSKIT, drift_build_inputs
 
 MODEL = DETECTOR_NAME
 SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
@@ -27,22 +23,15 @@ DRIFT = {"drift_window": 64, "drift_min_count": 64, "drift_every": 1}  # one wor
 @pytest.fixture(scope="module")
 def detector_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("detector-e2e")
-    files = write_detector_files(work)
-    config = yaml.safe_load(Path(files["config"]).read_text())
-    config["handler"].update(DRIFT)
-    Path(files["config"]).write_text(yaml.safe_dump(config))
-    reference = work / "reference"
-    reference.mkdir()
-    for item in scene_inputs(reference_scenes(), "reference"):
-        (reference / item.name).write_bytes(item.payload)
+    files = write_detector_files(work)  # its config is work/model-config.yaml: rewritten with DRIFT in place
+    config, reference = drift_build_inputs(work, files["config"], DRIFT, scene_inputs(reference_scenes(), "reference"))
     store = work / "model_store"
     cmd = TSKIT + ["build", MODEL, "--serialized-file", files["serialized_file"], "--model-file", files["model_file"],
-                   "--handler", "object_detector", "--labels", files["labels"], "--config", files["config"],
+                   "--handler", "object_detector", "--labels", files["labels"], "--config", str(config),
                    "--extra-files", files["extra_files"], "--reference", str(reference), "--export-path", str(store)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **SETTINGS}}}
-    overrides = {"load_models": f"{MODEL}.mar", "models": json.dumps(models)}
+    overrides = serve_overrides({MODEL: SETTINGS})
     with TorchServeProcess(work / "ts", REPO / "config.properties", store, overrides=overrides) as server:
         yield server
 
@@ -88,16 +77,15 @@ def test_explanations_over_http(detector_server):
     """Each detection with its saliency map and heatmap; a bad target is a JSON 400."""
     c = detector_server.client
     image, boxes, labels = heldout_scenes(1)[0]
-    url, headers = f"{c.inference_url}/explanations/{MODEL}", c._headers("inference")
-    r = c.session.post(url, data=scene_png(image), headers=headers, timeout=300)
+    r = c.inference("POST", f"/explanations/{MODEL}", data=scene_png(image), timeout=300)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["method"] == "saliency" and body["input_size"] == list(image.size)
     assert {d["label"] for d in body["detections"]} <= set(OBJECTS) and body["detections"]
     for det in body["detections"]:
         assert base64.b64decode(det["heatmap_png"])[:4] == b"\x89PNG" and 0 < det["mass_in_box"] <= 1
-    bad = c.session.post(url, json={"data": base64.b64encode(scene_png(image)).decode(), "target": "unicorn"},
-                         headers=headers, timeout=300)
+    bad = c.inference("POST", f"/explanations/{MODEL}", timeout=300,
+                      json={"data": base64.b64encode(scene_png(image)).decode(), "target": "unicorn"})
     assert bad.status_code == 400 and bad.json()["type"] == "BadTarget"
     assert detector_server.client.ready_workers(MODEL) == 1
 

@@ -1,34 +1,23 @@
-"""All four export formats served side by side by one real TorchServe; `tskit verify --url` on each;
-a tampered archive refused by a real worker."""
-import json
+"""All four export formats served side by side by one real TorchServe; `tskit verify --url` on each.
+(A tampered archive refused by a real worker: tests/e2e/test_faults_e2e.py.)"""
 import subprocess
 import sys
-import zipfile
 
 import pytest
 
-from export.zoo import SAMPLE_TOP1
-from handlers.integrity import MANIFEST_NAME
+from export.zoo import CONFIG_DIR, SAMPLE_TOP1
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
-from export.zoo import CONFIG_DIR
-from tests.e2e.conftest import tamper_archive
-
 REPO = CONFIG_DIR.parent
-
-
-def one_worker_each(names):
-    return json.dumps({n: {"1.0": {"defaultVersion": True, "marName": f"{n}.mar", "minWorkers": 1, "maxWorkers": 1,
-                                   "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}} for n in names})
+ONE_WORKER = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
 
 
 @pytest.fixture(scope="module")
 def format_server(format_archives, tmp_path_factory):
     store = format_archives["eager"].parent
-    names = [mar.stem for mar in format_archives.values()]
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-formats"), REPO / "config.properties", store,
-                           overrides={"load_models": ",".join(f"{n}.mar" for n in names),
-                                      "models": one_worker_each(names)})
+                           overrides=serve_overrides({mar.stem: ONE_WORKER for mar in format_archives.values()}))
     ts.start(timeout=300)
     yield ts
     ts.stop()
@@ -51,24 +40,6 @@ def test_verify_against_the_live_server(format_server, format_archives, fmt):
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "ok    live http://127.0.0.1:" in cli.stdout and "PASSED" in cli.stdout
-
-
-def test_a_real_worker_refuses_a_tampered_archive(default_mar, tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    tamper_archive(default_mar, store / "efficientnet_lite0.mar", "handlers/payload.py")
-    with zipfile.ZipFile(default_mar) as src:
-        manifest = json.loads(src.read(MANIFEST_NAME))
-    ts = TorchServeProcess(tmp_path / "ts", REPO / "config.properties", store,
-                           overrides={"models": one_worker_each(["efficientnet_lite0"])})
-    ts.start(wait=False)
-    try:
-        log = ts.wait_log("archive refused", timeout=240)  # generous: a loaded CI machine starts workers slowly
-        assert "archive refused" in log and "handlers/payload.py: sha256" in log
-        assert ts.client.ready_workers("efficientnet_lite0") == 0
-    finally:
-        ts.stop()
-    assert manifest["files"]["handlers/payload.py"]
 
 
 def test_the_onnx_default_explains_with_curl(format_server, format_archives, photos, curl):

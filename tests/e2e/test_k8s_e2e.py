@@ -12,9 +12,8 @@ import requests
 from export.zoo.tabular import TABULAR_NAME, dataset_info, load_split
 from tests.oip import REPO, v1_predict, v2_infer
 from tskit.k8s import local_overrides
-from tskit.server import TorchServeProcess, free_port
+from tskit.server import PORT_KEYS, TorchServeProcess, free_port
 
-pytestmark = pytest.mark.e2e
 LABELS = dataset_info()["labels"]
 
 
@@ -31,10 +30,8 @@ def layout(kserve_built, tmp_path_factory):
 def generated_server(layout, workdir, env=None) -> TorchServeProcess:
     """The generated config as written, except that /mnt/models is the layout and every port is a free one on
     127.0.0.1 (inference and management share one, as generated)."""
-    shared = f"http://127.0.0.1:{free_port()}"
-    ports = {"inference_address": shared, "management_address": shared,
-             "metrics_address": f"http://127.0.0.1:{free_port()}", "grpc_inference_port": str(free_port()),
-             "grpc_management_port": str(free_port())}
+    ports = {key: fmt.format(free_port()) for key, fmt in PORT_KEYS.items()}
+    ports["management_address"] = ports["inference_address"]
     return TorchServeProcess(workdir, layout / "config" / "config.properties", layout / "model-store",
                              isolate_ports=False, overrides={**local_overrides(layout), **ports}, env=env)
 

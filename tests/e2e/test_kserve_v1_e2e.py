@@ -11,8 +11,6 @@ from export.zoo.tabular import TABULAR_NAME, dataset_info, load_split
 from export.zoo.text import TEXT_NAME
 from tests.oip import kserve_server, v1_predict
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def server(kserve_store, tmp_path_factory):

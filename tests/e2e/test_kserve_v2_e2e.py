@@ -17,8 +17,6 @@ from export.zoo.text import LABELS, TEXT_NAME
 from export.zoo.text import load_split as text_split
 from tests.oip import kserve_server, v2_client, v2_infer, v2_input, v2_post
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def server(kserve_store, tmp_path_factory):
@@ -57,11 +55,10 @@ def test_text_messages_as_bytes(server):
 
 def test_tabular_rows_as_an_fp32_tensor_and_named_rows_as_json(server):
     _, x_test, _, y_test = load_split()
-    names = dataset_info()["feature_names"]
-    named = '{"inputs": [%s]}' % ", ".join(
-        "{%s}" % ", ".join(f'"{n}": {float(v)}' for n, v in zip(names, row)) for row in x_test[40:42])
+    info = dataset_info()
+    named = json.dumps({"inputs": [dict(zip(info["feature_names"], map(float, row))) for row in x_test[40:42]]})
     answers = v2_infer(server, TABULAR_NAME, {"rows": x_test[:40].astype(np.float32), "named": named})
-    labels = dataset_info()["labels"]
+    labels = info["labels"]
     assert np.mean([labels.index(top1(a)) == y for a, y in zip(answers["rows"], y_test[:40])]) >= 0.9
     assert [labels.index(top1(a)) for a in answers["named"]] == [labels.index(top1(a)) for a in
                                                                  v2_infer(server, TABULAR_NAME, {
@@ -99,12 +96,9 @@ def test_a_bad_input_is_answered_in_place_and_the_worker_survives(server):
 def test_a_body_the_envelope_cannot_read_fails_before_the_handler_and_the_worker_survives(server):
     """Not JSON, or no `inputs`: TorchServe's envelope raises before the handler runs (TorchServe answers 503);
     KServe's model server in front of TorchServe rejects such requests itself. The worker lives on."""
-    for kwargs in ({"data": b"{not json", "headers_extra": {"Content-Type": "application/json"}},
+    for kwargs in ({"data": b"{not json", "headers": {"Content-Type": "application/json"}},
                    {"json": {"instances": ["a v1 body"]}}):
-        extra = kwargs.pop("headers_extra", {})
-        c = server.client
-        r = c.session.post(f"{c.inference_url}/v2/models/{TEXT_NAME}/infer",
-                           headers={**c._headers("inference"), **extra}, timeout=60, **kwargs)
+        r = v2_post(server, TEXT_NAME, timeout=60, **kwargs)
         assert r.status_code >= 400 and r.json()["code"] == r.status_code
     assert top1(v2_infer(server, TEXT_NAME, {"t": "see you at home tonight"})["t"]) == "ham"
     assert all(server.client.ready_workers(m) == 1 for m in (TEXT_NAME, TABULAR_NAME, DEFAULT_NAME, DETECTOR_NAME))

@@ -4,7 +4,6 @@ its queue hold gets fast 503s for the excess, and every request that was accepte
 The model is `slow_model.py` (each batch sleeps DELAY_S), so capacity is exact and cheap on two cores:
 one worker holding a batch of BATCH, plus the queue. Numbers print with `pytest -rP`.
 """
-import json
 import math
 import threading
 import time
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from tskit.loadgen import percentile
-from tskit.properties import read_properties
+from tskit.properties import read_properties, serve_overrides
 from tskit.server import TorchServeProcess
 
 from tests.e2e.conftest import REPO, build_slow_archive, slow_row
@@ -30,9 +29,8 @@ BURST = 3 * (QUEUE + BATCH)  # 120 with the shipped 32
 def overload_server(tmp_path_factory):
     store = tmp_path_factory.mktemp("overload-store")
     build_slow_archive(store, tmp_path_factory.mktemp("overload-build"), MODEL, FRONTEND)
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **FRONTEND}}}
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-overload"), REPO / "config.properties", store,
-                           overrides={"load_models": f"{MODEL}.mar", "models": json.dumps(models)})
+                           overrides=serve_overrides({MODEL: FRONTEND}))
     with ts:
         yield ts
 

@@ -1,9 +1,6 @@
 """Model versions on a real TorchServe through `tskit`: a rollout that is refused, one that promotes, a
 rollback under load with zero failed requests, and unregister. The server runs the shipped
 config.properties with the register API turned on (`enable_model_api=true`), which rollouts need."""
-import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -11,10 +8,11 @@ import pytest
 from export.variants import derive_archive
 from export.zoo import DEFAULT_NAME
 from tskit.loadgen import BackgroundLoad
+from tskit.properties import serve_overrides
 from tskit.rollout import default_version, versions
 from tskit.server import TorchServeProcess
 
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, tskit_cli
 
 MODEL = DEFAULT_NAME
 ONE_WORKER = {"minWorkers": 1, "maxWorkers": 1}
@@ -36,32 +34,25 @@ def candidates(e2e_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def versioned_server(candidates, tmp_path_factory):
     store = candidates[0]
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **ONE_WORKER, "batchSize": 8,
-                              "maxBatchDelay": 5, "responseTimeout": 120}}}
+    models = serve_overrides({MODEL: {**ONE_WORKER, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 120}})
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-rollout"), REPO / "config.properties", store,
-                           overrides={"enable_model_api": "true", "load_models": f"{MODEL}.mar",
-                                      "models": json.dumps(models)})
+                           overrides={"enable_model_api": "true", **models})
     with ts:
         yield ts
 
 
-def tskit(ts, *args) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "tskit.cli", *args, "--config", str(ts.config_file), "--workdir", str(ts.workdir)]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
-
-
 def test_status_and_scale_up_and_down(versioned_server):
     ts = versioned_server
-    assert f"{MODEL} 1.0 (default)" in tskit(ts, "status").stdout
+    assert f"{MODEL} 1.0 (default)" in tskit_cli(ts, "status").stdout
     for workers in (2, 1):
-        result = tskit(ts, "scale", MODEL, "--min", str(workers))
+        result = tskit_cli(ts, "scale", MODEL, "--min", str(workers))
         assert result.returncode == 0, result.stderr
         assert ts.client.ready_workers(MODEL) == workers == len(default_version(ts.client, MODEL)["workers"])
 
 
 def test_a_rollout_that_disagrees_is_refused_and_unregistered(versioned_server, candidates):
     ts, broken = versioned_server, candidates[2]
-    result = tskit(ts, "rollout", str(broken), "--max-latency-ratio", "100")
+    result = tskit_cli(ts, "rollout", str(broken), "--max-latency-ratio", "100")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "refused" in result.stdout and "top-1 agreement" in result.stdout
     assert versions(ts.client, MODEL) == ["1.0"]
@@ -71,7 +62,7 @@ def test_a_rollout_that_disagrees_is_refused_and_unregistered(versioned_server, 
 def test_a_rollout_that_agrees_is_promoted(versioned_server, candidates, photo_bytes):
     ts, good = versioned_server, candidates[1]
     # generous latency bound: both versions share two busy cores; this test is about the decision
-    result = tskit(ts, "rollout", str(good), "--max-latency-ratio", "100")
+    result = tskit_cli(ts, "rollout", str(good), "--max-latency-ratio", "100")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "100.0%" in result.stdout and "promoted" in result.stdout
     assert sorted(versions(ts.client, MODEL)) == ["1.0", "2.0"]
@@ -84,7 +75,7 @@ def test_rollback_under_load_fails_no_request(versioned_server, photo_bytes):
     with BackgroundLoad.against(ts.client, MODEL, [photo_bytes["chelsea.png"]], clients=4) as load:
         while len(load.outcomes) < 8:  # load is flowing before the switch
             time.sleep(0.1)
-        result = tskit(ts, "rollback", MODEL)
+        result = tskit_cli(ts, "rollback", MODEL)
         after = len(load.outcomes)
         while len(load.outcomes) < after + 8:  # and keeps flowing after it
             time.sleep(0.1)
@@ -96,24 +87,24 @@ def test_rollback_under_load_fails_no_request(versioned_server, photo_bytes):
 
 
 def test_nothing_left_to_roll_back_to_says_so(versioned_server):
-    result = tskit(versioned_server, "rollback", MODEL)
+    result = tskit_cli(versioned_server, "rollback", MODEL)
     assert result.returncode == 1 and "no earlier version" in result.stderr
 
 
 def test_unregister_a_version(versioned_server):
     ts = versioned_server
-    result = tskit(ts, "unregister", MODEL, "2.0")
+    result = tskit_cli(ts, "unregister", MODEL, "2.0")
     assert result.returncode == 0, result.stderr
     assert versions(ts.client, MODEL) == ["1.0"]
 
 
 def test_status_lists_every_version_and_marks_the_default(versioned_server, candidates):
     ts = versioned_server
-    assert tskit(ts, "register", str(candidates[1])).returncode == 0
-    lines = tskit(ts, "status").stdout.splitlines()
+    assert tskit_cli(ts, "register", str(candidates[1])).returncode == 0
+    lines = tskit_cli(ts, "status").stdout.splitlines()
     assert any(line.startswith(f"{MODEL} 1.0 (default)") for line in lines)
     assert any(line.startswith(f"{MODEL} 2.0 batch=") for line in lines)
-    assert tskit(ts, "unregister", MODEL, "2.0").returncode == 0
+    assert tskit_cli(ts, "unregister", MODEL, "2.0").returncode == 0
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/model.mar", "https://example.com/model.mar",

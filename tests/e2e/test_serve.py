@@ -3,8 +3,6 @@ import base64
 import concurrent.futures
 import io
 import random
-import subprocess
-import sys
 
 import pytest
 import requests
@@ -13,6 +11,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from export.zoo import DEFAULT_NAME, SAMPLE_TOP1, guard_images
 from tskit.alerts import alert_metric_names
 from tskit.client import read_keys
+
+from tests.e2e.conftest import tskit_cli
 
 MODEL = DEFAULT_NAME
 
@@ -36,18 +36,14 @@ def test_real_photos_over_http(server, photo_bytes, name):
 
 def test_put_like_curl_T(server, photo_bytes):
     c = server.client
-    r = c.session.put(f"{c.inference_url}/predictions/{MODEL}", data=photo_bytes["coffee.png"],
-                      headers=c._headers("inference"), timeout=60)
+    r = c.inference("PUT", f"/predictions/{MODEL}", data=photo_bytes["coffee.png"], timeout=60)
     assert top1(r) == "espresso"
 
 
 def test_multipart_and_base64_json(server, photo_bytes):
-    c = server.client
-    url = f"{c.inference_url}/predictions/{MODEL}"
-    multipart = c.session.post(url, files={"data": ("coffee.png", photo_bytes["coffee.png"])},
-                               headers=c._headers("inference"), timeout=60)
-    as_json = c.session.post(url, json={"data": base64.b64encode(photo_bytes["coffee.png"]).decode()},
-                             headers=c._headers("inference"), timeout=60)
+    c, coffee = server.client, photo_bytes["coffee.png"]
+    multipart = c.inference("POST", f"/predictions/{MODEL}", files={"data": ("coffee.png", coffee)}, timeout=60)
+    as_json = c.inference("POST", f"/predictions/{MODEL}", json={"data": base64.b64encode(coffee).decode()}, timeout=60)
     assert top1(multipart) == top1(as_json) == "espresso"
 
 
@@ -79,8 +75,7 @@ def test_model_log_carries_request_ids_timings_and_reasons(server, photo_bytes):
 
 def test_explanations_endpoint(server, photo_bytes):
     c = server.client
-    r = c.session.post(f"{c.inference_url}/explanations/{MODEL}", data=photo_bytes["chelsea.png"],
-                       headers=c._headers("inference"), timeout=120)
+    r = c.inference("POST", f"/explanations/{MODEL}", data=photo_bytes["chelsea.png"], timeout=120)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["target"] in SAMPLE_TOP1["chelsea.png"] and len(body["attributions"]) == 224
@@ -105,12 +100,10 @@ def test_scale_workers_through_the_management_api(server, photo_bytes):
 
 
 def test_cli_reads_the_key_file(server, photos):
-    args = ["--config", str(server.config_file), "--workdir", str(server.workdir)]
-    predict = subprocess.run([sys.executable, "-m", "tskit.cli", "predict", *args, MODEL, str(photos["coffee.png"])],
-                             capture_output=True, text=True)
+    predict = tskit_cli(server, "predict", MODEL, str(photos["coffee.png"]))
     assert predict.returncode == 0, predict.stderr
     assert "espresso" in predict.stdout
-    status = subprocess.run([sys.executable, "-m", "tskit.cli", "status", *args], capture_output=True, text=True)
+    status = tskit_cli(server, "status")
     assert status.returncode == 0 and "READY" in status.stdout
 
 
@@ -146,7 +139,7 @@ def test_a_wrong_or_misplaced_key_is_refused(server, photo_bytes):
         assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"]
 
 
-def test_the_shipped_config_refuses_model_registration(server, e2e_store):
+def test_the_shipped_config_refuses_model_registration(server):
     for method, path in (("POST", f"/models?url={MODEL}.mar&model_name=again"), ("DELETE", f"/models/{MODEL}")):
         r = server.client.management(method, path)
         assert r.status_code == 405, r.text

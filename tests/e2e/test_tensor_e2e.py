@@ -14,6 +14,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from export.zoo.tabular import TABULAR_NAME, ZOO_DIR, dataset_info, export_files, load_split
 from export.zoo.tabular_mlp import TabularMLP
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,6 @@ BATCHING = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 1
 HELD_OUT_ROWS = 143
 # one window = the held-out set; scored after every batch once full
 DRIFT = {"drift_window": HELD_OUT_ROWS, "drift_min_count": HELD_OUT_ROWS, "drift_every": 1}
-MODELS_JSON = json.dumps({MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **BATCHING}}})
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def server(trained, tmp_path_factory):
     built = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert built.returncode == 0, built.stderr
     ts = TorchServeProcess(tmp_path_factory.mktemp("tabular-ts"), REPO / "config.properties", store,
-                           overrides={"load_models": f"{MODEL}.mar", "models": MODELS_JSON})
+                           overrides=serve_overrides({MODEL: BATCHING}))
     with ts:
         yield ts
 
@@ -65,9 +65,8 @@ def expected(trained):
 
 
 def post(server, content_type: str | None = None, **kwargs):
-    c = server.client
-    headers = {**c._headers("inference"), **({"Content-Type": content_type} if content_type else {})}
-    return c.session.post(f"{c.inference_url}/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
+    headers = {"Content-Type": content_type} if content_type else None
+    return server.client.inference("POST", f"/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
 
 
 def top1(response) -> str:
@@ -141,9 +140,7 @@ def test_drift_gauges_stay_low_on_held_out_rows_and_rise_on_rescaled_ones(server
 
 
 def explain(server, **kwargs):
-    c = server.client
-    return c.session.post(f"{c.inference_url}/explanations/{MODEL}", headers=c._headers("inference"), timeout=120,
-                          **kwargs)
+    return server.client.inference("POST", f"/explanations/{MODEL}", timeout=120, **kwargs)
 
 
 def test_explanations_over_http(server, expected):

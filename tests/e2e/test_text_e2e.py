@@ -9,6 +9,7 @@ import yaml
 
 from export.zoo.text import LABELS, TEXT_NAME, ZOO_DIR, load_split, train_text_model
 from handlers.text_classifier import TextClassifier
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 from tskit.testing import load_handler, run_batch, unpack_archive
 
@@ -35,9 +36,8 @@ def text_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_server(text_store, tmp_path_factory):
-    models = {MODEL: {"1.0": {"defaultVersion": True, "marName": f"{MODEL}.mar", **FRONTEND}}}
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-text"), REPO / "config.properties", text_store,
-                           overrides={"load_models": f"{MODEL}.mar", "models": json.dumps(models)})
+                           overrides=serve_overrides({MODEL: FRONTEND}))
     with ts:
         yield ts
 
@@ -62,9 +62,7 @@ def top1(response) -> str:
 
 
 def post(server, **kwargs):
-    c = server.client
-    headers = {**c._headers("inference"), **kwargs.pop("headers", {})}
-    return c.session.post(f"{c.inference_url}/predictions/{MODEL}", headers=headers, timeout=60, **kwargs)
+    return server.client.inference("POST", f"/predictions/{MODEL}", timeout=60, **kwargs)
 
 
 def test_server_runs_the_configured_batching(text_server):
@@ -133,8 +131,7 @@ def test_explanations_and_predictions_batched_together(text_server, held_out):
 
     def send(k):
         endpoint = "explanations" if k % 2 else "predictions"
-        return c.session.post(f"{c.inference_url}/{endpoint}/{MODEL}", data=texts[k].encode(),
-                              headers=c._headers("inference"), timeout=120)
+        return c.inference("POST", f"/{endpoint}/{MODEL}", data=texts[k].encode(), timeout=120)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(send, range(len(texts))))

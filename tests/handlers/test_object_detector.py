@@ -252,8 +252,6 @@ def test_drift_new_scenes_of_the_training_kind_stay_low_darkened_ones_drift(dete
         return dict(zip(handler.drift.names, handler.drift.last))
 
     same = fed(fresh)
-    print("in distribution", same)
     assert max(same.values()) < 0.3, same
     dark = fed([ImageEnhance.Brightness(image).enhance(0.4) for image in fresh])
-    print("darkened", dark)
     assert min(dark[f"{c}_mean"] for c in ("red", "green", "blue")) > 1.0, dark

@@ -11,18 +11,15 @@ from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 from ts.utils.util import PredictionException
 
 from export.golden import compare
-from export.zoo.text import build_text_archive, load_split
+from export.zoo.text import load_split
 from handlers.protocol import is_numbers, v2_output
 from handlers.text_classifier import TextClassifier
-from tskit.testing import load_handler, run_batch, run_envelope, unpack_archive
+from tskit.testing import load_handler, run_batch, run_envelope
 
 
 @pytest.fixture(scope="module")
-def text_handler(tmp_path_factory):
-    work = tmp_path_factory.mktemp("protocol-text")
-    mar = build_text_archive(str(work / "model_store"), work)
-    return load_handler(TextClassifier, unpack_archive(mar, work / "unpacked"),
-                        yaml_overrides={"handler": {"precision": "fp32"}})
+def text_handler(text_model_dir):
+    return load_handler(TextClassifier, text_model_dir, yaml_overrides={"handler": {"precision": "fp32"}})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from export.archive import build_archive
-from export.zoo.tabular import TABULAR_NAME, build_tabular_archive, load_split, tabular_spec
+from export.zoo.tabular import TABULAR_NAME, load_split, tabular_spec
 from export.zoo.tabular_mlp import TabularMLP
 from handlers.errors import ConfigError
 from handlers.tensor import TensorHandler, read_schema
@@ -21,10 +21,8 @@ LABELS = ["malignant", "benign"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("tabular")
-    mar = build_tabular_archive(work / "model_store", work / "build")
-    return unpack_archive(mar, work / "unpacked")
+def model_dir(tabular_mar, tmp_path_factory):
+    return unpack_archive(tabular_mar, tmp_path_factory.mktemp("tabular-unpacked"))
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,10 @@ import re
 
 import pytest
 
-from export.zoo.text import LABELS, TOKEN_PATTERN, build_text_archive, load_split
+from export.zoo.text import LABELS, TOKEN_PATTERN, load_split
 from handlers.errors import ConfigError
 from handlers.text_classifier import TextClassifier, tokenize
-from tskit.testing import load_handler, run_batch, unpack_archive
-
-
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("text-archive")
-    mar = build_text_archive(str(work / "model_store"), work)
-    return unpack_archive(mar, tmp_path_factory.mktemp("text-unpacked"))
+from tskit.testing import load_handler, run_batch
 
 
 @pytest.fixture(scope="module")

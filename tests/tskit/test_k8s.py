@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from export.variants import CONFIG_NAME
-from export.zoo.tabular import TABULAR_NAME, build_tabular_archive
+from export.zoo.tabular import TABULAR_NAME
 from handlers.integrity import check_integrity
 from tskit.cli import main
 from tskit.k8s import K8sSpec, write_layout
@@ -18,16 +18,10 @@ from tskit.testing import unpack_archive
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    work = tmp_path_factory.mktemp("k8s-archive")
-    return build_tabular_archive(work / "model_store", work / "build")
-
-
-@pytest.fixture(scope="module")
-def layout(archive, tmp_path_factory):
+def layout(tabular_mar, tmp_path_factory):
     """`tskit k8s` through the CLI, with a canary share."""
     out = tmp_path_factory.mktemp("k8s") / "layout"
-    assert main(["k8s", TABULAR_NAME, "--archive", str(archive), "--out", str(out), "--canary", "10",
+    assert main(["k8s", TABULAR_NAME, "--archive", str(tabular_mar), "--out", str(out), "--canary", "10",
                  "--storage-uri", "s3://tskit-models/breast-cancer-mlp/v2"]) == 0
     return out
 
@@ -65,14 +59,14 @@ def test_inference_service_carries_replicas_resources_canary_and_storage(layout)
     assert not any(secret["stringData"].values()), "credentials are the user's to fill in, never written"
 
 
-def test_config_for_kserve_metrics_envelope_and_batch_one(layout, archive):
+def test_config_for_kserve_metrics_envelope_and_batch_one(layout, tabular_mar):
     props = read_properties(layout / "config" / "config.properties")
     assert props["metrics_address"].endswith(":8082") and props["metrics_mode"] == "prometheus"
     assert props["service_envelope"] == "kservev2" and props["enable_envvars_config"] == "true"
     assert props["model_store"] == "/mnt/models/model-store"
     assert props["disable_token_authorization"] == "true" and props["inference_address"] == "http://127.0.0.1:8085"
     [settings] = model_settings(props)[TABULAR_NAME].values()
-    original = yaml.safe_load(zipfile.ZipFile(archive).read(CONFIG_NAME))
+    original = yaml.safe_load(zipfile.ZipFile(tabular_mar).read(CONFIG_NAME))
     assert settings["batchSize"] == 1 and settings["maxWorkers"] == original["maxWorkers"]
     derived = yaml.safe_load(zipfile.ZipFile(layout / "model-store" / f"{TABULAR_NAME}.mar").read(CONFIG_NAME))
     # the archive's own model-config.yaml wins over config.properties, so the archive says batchSize 1 too
@@ -84,13 +78,14 @@ def test_derived_archive_still_passes_its_integrity_check(layout, tmp_path):
     assert check_integrity(str(unpacked)) is not None
 
 
-def test_protocol_v1_image_and_pvc_variants_validate(archive, tmp_path):
-    v1, _ = write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "v1", protocol="v1", storage_uri="pvc://models/tab"))
+def test_protocol_v1_image_and_pvc_variants_validate(tabular_mar, tmp_path):
+    v1, _ = write_layout(K8sSpec(TABULAR_NAME, tabular_mar, tmp_path / "v1", protocol="v1",
+                                 storage_uri="pvc://models/tab"))
     isvc = yaml.safe_load(v1["inferenceservice"].read_text())
     assert "secret" not in v1 and "serviceAccountName" not in isvc["spec"]["predictor"]  # a PVC needs no credentials
     assert isvc["spec"]["predictor"]["batcher"] == {"maxBatchSize": 4, "maxLatency": 10}  # the archive's batching
     assert read_properties(v1["config"])["service_envelope"] == "kserve"
-    own, _ = write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "own", image="registry.example/tab:1.0",
+    own, _ = write_layout(K8sSpec(TABULAR_NAME, tabular_mar, tmp_path / "own", image="registry.example/tab:1.0",
                                   min_replicas=2, max_replicas=8, cpu="2", memory="4Gi", namespace="ml"))
     isvc_own = yaml.safe_load(own["inferenceservice"].read_text())
     [container] = isvc_own["spec"]["predictor"]["containers"]
@@ -130,10 +125,10 @@ def test_schemas_say_where_they_come_from():
         assert "config/schemas/generate.py" in comment and "kubernetes-validate" in comment
 
 
-def test_bad_options_and_a_missing_archive_fail_clearly(archive, tmp_path, capsys):
+def test_bad_options_and_a_missing_archive_fail_clearly(tabular_mar, tmp_path, capsys):
     with pytest.raises(ValueError, match="canaryTrafficPercent"):
-        write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "x", canary=120))
+        write_layout(K8sSpec(TABULAR_NAME, tabular_mar, tmp_path / "x", canary=120))
     with pytest.raises(ValueError, match="min replicas"):
-        write_layout(K8sSpec(TABULAR_NAME, archive, tmp_path / "y", min_replicas=3, max_replicas=2))
+        write_layout(K8sSpec(TABULAR_NAME, tabular_mar, tmp_path / "y", min_replicas=3, max_replicas=2))
     assert main(["k8s", "nope", "--export-path", str(tmp_path)]) == 1
     assert "archive not found" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import yaml
 
 from export.zoo import CONFIG_DIR, DEFAULT_NAME
-from tskit.properties import model_settings, read_properties
+from tskit.properties import model_settings, read_properties, serve_overrides, write_properties
 from tskit.server import expected_workers
 
 REPO = CONFIG_DIR.parent
@@ -14,6 +14,17 @@ def test_continuation_lines_and_comments(tmp_path):
     assert props["a"] == "1" and props["b"] == "two"
     assert model_settings(props) == {"m": {"1.0": {"minWorkers": 3}}}
     assert expected_workers(props) == {"m": 3}
+
+
+def test_serve_overrides_load_each_model_as_its_default_version(tmp_path):
+    overrides = serve_overrides({"a": {"minWorkers": 2, "batchSize": 4}, "b": {}})
+    assert overrides["load_models"] == "a.mar,b.mar"
+    write_properties(tmp_path / "config.properties", overrides)
+    props = read_properties(tmp_path / "config.properties")
+    assert model_settings(props) == {
+        "a": {"1.0": {"defaultVersion": True, "marName": "a.mar", "minWorkers": 2, "batchSize": 4}},
+        "b": {"1.0": {"defaultVersion": True, "marName": "b.mar"}}}
+    assert expected_workers(props) == {"a": 2, "b": 1}
 
 
 def test_shipped_config_is_secure_and_local():
