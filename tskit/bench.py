@@ -15,6 +15,7 @@ from pathlib import Path
 from export.variants import derive_archive
 from tskit.client import parse_prometheus
 from tskit.loadgen import closed_loop, open_loop
+from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 
@@ -28,9 +29,6 @@ class ServerConfig:
     def frontend(self) -> dict:
         return {"minWorkers": self.workers, "maxWorkers": self.workers, "batchSize": self.batch_size,
                 "maxBatchDelay": self.max_delay_ms, "responseTimeout": 120}
-
-    def models_json(self, model: str) -> str:
-        return json.dumps({model: {"1.0": {"defaultVersion": True, "marName": f"{model}.mar", **self.frontend()}}})
 
     def label(self) -> str:
         return f"w{self.workers} b{self.batch_size} d{self.max_delay_ms}ms" + (f" {self.precision}" if self.precision else "")
@@ -73,8 +71,8 @@ def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], lo
     variant = derive_archive(archive, run_dir / "store" / archive.name, frontend=config.frontend(),
                              handler={"precision": config.precision} if config.precision else None)
     ts = TorchServeProcess(run_dir, server_config, variant.parent,
-                           overrides={"load_models": archive.name, "models": config.models_json(model),
-                                      "job_queue_size": "1000"}, env=env)
+                           overrides={**serve_overrides({model: config.frontend()}), "job_queue_size": "1000"},
+                           env=env)
     rows = []
     progress(f"[{model} {config.label()}] starting TorchServe")
     with ts:
