@@ -1,6 +1,6 @@
 """Drift reference statistics, computed at build time by the archive's OWN handler on reference inputs.
 
-The inputs go through the handler's `decode` and `collate` and the model, exactly as requests do, so the
+The inputs go through the handler's `preprocess` and `inference`, exactly as requests do, so the
 statistics (`handlers.drift.reference_stats` of `drift_rows`) describe the preprocessed representation the
 model sees. The result is stored in the archive as `tskit-reference.json` and hashed by its manifest.
 
@@ -49,21 +49,21 @@ def _main(model_dir: str, cases_file: str, out_file: str) -> None:
 
     from export.golden import as_request
     from handlers.drift import reference_stats
-    from handlers.errors import BadInput
     from tskit.testing import load_handler
 
     handler = load_handler(handler_class(root), root)
     cases = json.loads(Path(cases_file).read_text())
     names, chunks = None, []
     for start in range(0, len(cases), BATCH):
-        items = []
-        for case in cases[start:start + BATCH]:
-            try:
-                items.append(handler.decode(as_request(Path(case["input"]).read_bytes(), case["content_type"])))
-            except BadInput as err:
-                sys.exit(f"reference input {case['name']} was refused ({err.status}): {err.message}")
-        batch = handler.collate(items)
-        rows = handler.drift_rows(batch, handler.forward(batch))
+        chunk = cases[start:start + BATCH]
+        requests = [as_request(Path(case["input"]).read_bytes(), case["content_type"]) for case in chunk]
+        state = handler.begin_batch(len(requests))
+        inputs = handler.preprocess(requests)  # the user's override included: what the model sees
+        for k in range(len(chunk)):
+            if state.answered[k]:
+                refusal = state.answers[k]
+                sys.exit(f"reference input {chunk[k]['name']} was refused: {refusal}")
+        rows = handler.drift_rows(inputs, handler.inference(inputs))
         if rows is None:
             sys.exit(f"{type(handler).__name__} describes no drift features: build without reference inputs")
         names, values = rows

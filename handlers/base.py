@@ -1,9 +1,19 @@
-"""`TskitHandler`: the batch-aware base every handler here subclasses.
+"""`TskitHandler`: the batch-aware base every handler here subclasses, and the one users subclass.
 
 TorchServe calls `initialize(context)` once per worker and `handle(requests, context)` per batch. This
-class owns what every task shares: config validation, device, precision policy, thread count, model
-loading and warm-up, and per-request isolation (a bad request fails alone; the rest of the batch is
-answered). A task subclass fills in five hooks:
+class owns what every task shares: config validation, device, precision policy, thread count, integrity
+check, model loading and warm-up, metrics, drift, explanations and KServe envelopes. `handle` runs
+TorchServe's own contract, each step overridable on its own with `super()` composing:
+
+    preprocess(data) -> batch       every request decoded on its own, explanation requests set aside
+    inference(batch) -> outputs     the model (`forward`)
+    postprocess(outputs) -> list    one answer per request that reached inference, in order
+
+and a request fails alone wherever its code fails: a client error (BadInput) is its JSON 4xx, any other
+exception in per-request code its JSON 500; when batch code raises, each request of the batch is answered
+again on its own, so the one that breaks it fails alone (handlers/contract.py). The worker stays up.
+
+A new task fills in five finer hooks, which the contract's defaults call:
 
     setup(model_dir)          read task files from the archive (labels, vocabulary, ...)
     decode(request) -> item   one request to one model input; raise BadInput for a client error
@@ -11,21 +21,22 @@ answered). A task subclass fills in five hooks:
     respond(outputs) -> list  the model's batch output to one JSON-able response per item
     example_items(n) -> list  n synthetic decoded items, for warm-up
 
-and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`). Two optional
-hooks feed drift monitoring (handlers/drift.py): `drift_features(batch)` and `drift_output_features(outputs)`.
+and declares its config keys and defaults in `config_defaults` (merged with `BASE_CONFIG`). Optional hooks:
+`drift_features(batch)` / `drift_output_features(outputs)` (drift monitoring, handlers/drift.py) and
+`explain_items(items, requests)` (explanations, handlers/explain.py).
 """
 import logging
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, read_reference
+from handlers.contract import BatchState, ContractError, StageClock, as_answers, is_describe, request_error, subset
 from handlers.errors import BadInput, ConfigError
-from handlers.explain import check_config as check_explain_config, is_explain, load_explainer
+from handlers.explain import check_config as check_explain_config, is_explain, load_explainer, unavailable
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
 from handlers.metrics import record_batch, record_drift
@@ -75,12 +86,14 @@ class TskitHandler(BaseHandler):
 
     def initialize(self, context):
         self.context = context
+        self.manifest = context.manifest  # what TorchServe's BaseHandler sets, for code written against it
+        self.batch_state: BatchState | None = None
         props = context.system_properties
         model_dir = props["model_dir"]
         self.tskit_manifest = check_integrity(model_dir)
         if self.tskit_manifest is None:
             logger.warning("no %s in the archive: its files cannot be checked", MANIFEST_NAME)
-        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        yaml_config = self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.config = validate_config(yaml_config.get("handler"), {**BASE_CONFIG, **self.config_defaults})
         if "explain_method" in self.config:
             check_explain_config(self.config)
@@ -160,9 +173,10 @@ class TskitHandler(BaseHandler):
         return model
 
     # ---- shared machinery ----------------------------------------------------------------------
-    def forward(self, batch: torch.Tensor):
+    def forward(self, batch, *args, **kwargs):
+        """The model on a collated batch, without autograd."""
         with torch.inference_mode():
-            return self.model(batch)
+            return self.model(batch, *args, **kwargs)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """Host to device. On CUDA a CPU tensor is pinned first, so the non-blocking copy really overlaps; a
@@ -185,6 +199,7 @@ class TskitHandler(BaseHandler):
         for n in sorted({1, self.batch_size}):
             self.forward(self.collate(self.example_items(n)))
 
+    # ---- TorchServe's contract ---------------------------------------------------------------------
     def handle(self, data, context):
         """TorchServe's entry point: a batch of its requests, or the instances (inputs) of one KServe v1 (v2)
         request when `service_envelope` unpacked it (handlers/protocol.py)."""
@@ -194,34 +209,136 @@ class TskitHandler(BaseHandler):
         return self.handle_requests(data, context)
 
     def handle_requests(self, data, context):
+        """One answer per request, in order: describe calls get `describe_handle()`, the rest go through
+        `preprocess` -> `inference` -> `postprocess` (`answer_batch`)."""
         self.context = context
-        t0 = time.perf_counter()
+        clock = StageClock()
         responses: list = [None] * len(data)
-        items, positions, rejected = [], [], []
-        for i, request in enumerate(data):
-            try:
-                items.append(self.decode(request))
-                positions.append(i)
-            except BadInput as err:
-                responses[i] = self.reject(i, err)
-                rejected.append(err.kind)
-        items, positions = self.answer_explanations(data, items, positions, responses, rejected)
-        t1 = t2 = t3 = time.perf_counter()
-        if items:
-            batch = self.collate(items)
-            t1 = time.perf_counter()
-            outputs = self.forward(batch)
-            t2 = time.perf_counter()
-            for i, response in zip(positions, self.respond(outputs)):
-                responses[i] = response
-            self.watch_drift(batch, outputs)
-            t3 = time.perf_counter()
-        stage_ms = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000}
-        record_batch(context, stage_ms, len(data), rejected)
+        pending = []
+        for i in range(len(data)):
+            if is_describe(context, i):
+                responses[i] = self.describe_handle()
+            else:
+                pending.append(i)
+        rejected: list[str] = []
+        if pending:
+            with subset(context, pending):
+                answers = self.answer_batch([data[i] for i in pending], clock, rejected)
+            for i, answer in zip(pending, answers):
+                responses[i] = answer
+        record_batch(context, clock.ms, len(data), rejected)
         logger.info("batch of %d [%s]: preprocess %.1f ms, inference %.1f ms, postprocess %.1f ms, %d rejected",
-                    len(data), ",".join(self.request_id(i) for i in range(len(data))), stage_ms["preprocess"],
-                    stage_ms["inference"], stage_ms["postprocess"], len(rejected))
+                    len(data), ",".join(self.request_id(i) for i in range(len(data))), clock.ms["preprocess"],
+                    clock.ms["inference"], clock.ms["postprocess"], len(rejected))
         return responses
+
+    def answer_batch(self, data: list, clock: StageClock, rejected: list, isolate: bool = True) -> list:
+        """Run the contract over `data` (the context addresses exactly these requests). A request rejected
+        while decoding never reaches `inference`; `postprocess` answers the ones that did, in order. If a
+        stage raises for a batch of several requests, each is answered again on its own (`isolate`), so a
+        request that breaks the user's batch code fails alone; a lone request gets the JSON error."""
+        state = self.begin_batch(len(data))
+        stage = "preprocess"
+        try:
+            with clock.stage("preprocess"):
+                inputs = self.preprocess(data)
+            self.answer_explanations(state, data)
+            reached = state.reaching_inference()
+            if reached:
+                stage = "inference"
+                with clock.stage("inference"):
+                    outputs = self.inference(inputs)
+                stage = "postprocess"
+                with clock.stage("postprocess"):
+                    answers = as_answers(self.postprocess(outputs), len(reached))
+                    for k, answer in zip(reached, answers):
+                        state.answer(k, self.unexplained(k, answer))
+                    self.watch_drift(inputs, outputs)
+        except Exception as err:  # the user's code included: the worker must answer, and stay up
+            missing = state.unanswered()
+            if isolate and len(missing) > 1 and not isinstance(err, ContractError):
+                logger.warning("%s failed for a batch of %d requests (%s: %s); answering each on its own",
+                               stage, len(missing), type(err).__name__, err)
+                for k in missing:
+                    with subset(self.context, [k]):
+                        [answer] = self.answer_batch([data[k]], clock, rejected, isolate=False)
+                    state.answer(k, answer)
+            else:
+                error = request_error(err, stage, decoding=stage == "preprocess")
+                if error.status >= 500:
+                    logger.error("%s failed for request(s) %s", stage,
+                                 ", ".join(self.request_id(k) for k in missing), exc_info=err)
+                for k in missing:
+                    state.answer(k, self.reject(k, error))
+        finally:
+            self.batch_state = None
+        rejected += state.rejected
+        return state.answers
+
+    def begin_batch(self, n: int) -> BatchState:
+        """Start the bookkeeping for `n` requests: what `preprocess` fills in (`self.batch_state`)."""
+        self.batch_state = BatchState(n)
+        return self.batch_state
+
+    def preprocess(self, data: list):
+        """TorchServe's hook: the requests of a batch to the model's input. Here: `decode` each request on
+        its own (a failure answers that request alone), set explanation requests aside, and `collate` the
+        rest; `self.batch_state.reached` says which requests the returned batch holds. Returns None when no
+        request is left to predict."""
+        state = self.batch_state
+        if state is None or state.n != len(data) or state.reached is not None:  # called outside `handle`
+            state = self.begin_batch(len(data))
+        items, reached = [], []
+        for k, request in enumerate(data):
+            try:
+                item = self.decode(request)
+            except Exception as err:
+                error = request_error(err, "decode", decoding=True)
+                if error.status >= 500:
+                    logger.error("decode failed for request %s", self.request_id(k), exc_info=err)
+                state.answer(k, self.reject(k, error))
+                continue
+            if is_explain(self.context, k):
+                state.explain.append((k, item))
+            else:
+                items.append(item)
+                reached.append(k)
+        state.reached = reached
+        return self.collate(items) if items else None
+
+    def inference(self, data, *args, **kwargs):
+        """TorchServe's hook: the model's output for what `preprocess` returned."""
+        return self.forward(data, *args, **kwargs)
+
+    def postprocess(self, data) -> list:
+        """TorchServe's hook: the model's batch output to one answer per request that reached inference."""
+        return self.respond(data)
+
+    def describe_handle(self):
+        """TorchServe's describe call (`GET /models/NAME?customized=true`, in `customizedMetadata`): what this
+        worker serves and how."""
+        labels = getattr(self, "labels", None) or {}
+        manifest = self.tskit_manifest or {}
+        golden = manifest.get("golden") or {}
+        return {
+            "handler": type(self).__name__,
+            "format": self.model_format,
+            "precision": self.precision,
+            "device": str(self.device),
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "labels": list(labels.values()) if isinstance(labels, dict) else list(labels),
+            "config": self.config,
+            "manifest": {
+                "model": manifest.get("model"),
+                "files": len(manifest.get("files", {})),
+                "golden_cases": len(golden.get("cases", [])),
+                "golden_precision": golden.get("precision"),
+                "reference_features": (manifest.get("reference") or {}).get("features"),
+                "requirements": manifest.get("requirements", []),
+                "environment": manifest.get("environment"),
+            } if manifest else None,
+        }
 
     def drift_rows(self, batch, outputs) -> tuple[list[str], np.ndarray] | None:
         """The drift features of one batch, inputs then outputs: what the reference and the window hold."""
@@ -269,25 +386,32 @@ class TskitHandler(BaseHandler):
             logger.exception("drift monitoring failed and is now off for this worker")
             self.drift = None
 
-    def answer_explanations(self, data, items, positions, responses, rejected):
-        """Requests sent to /explanations are answered by `explain_items` (BaseHandler already uses the name
-        `explain` for a flag); returns the items left to predict."""
-        wanted = [k for k, i in enumerate(positions) if is_explain(self.context, i)]
-        if not wanted:
-            return items, positions
+    def answer_explanations(self, state: BatchState, data: list) -> None:
+        """Requests sent to /explanations, set aside by `preprocess`, are answered by `explain_items`
+        (BaseHandler already uses the name `explain` for a flag)."""
+        if not state.explain:
+            return
+        indices = [k for k, _ in state.explain]
         try:
-            answers = self.explain_items([items[k] for k in wanted], [data[positions[k]] for k in wanted])
-        except BadInput as err:
-            answers = [err] * len(wanted)
-        for k, answer in zip(wanted, answers):
+            answers = self.explain_items([item for _, item in state.explain], [data[k] for k in indices])
+        except Exception as err:
+            error = request_error(err, "explain_items")
+            if error.status >= 500:
+                logger.error("explain_items failed", exc_info=err)
+            answers = [error] * len(indices)
+        for k, answer in zip(indices, answers):
             if isinstance(answer, BadInput):
-                responses[positions[k]] = self.reject(positions[k], answer)
-                rejected.append(answer.kind)
+                state.answer(k, self.reject(k, answer))
             else:
-                responses[positions[k]] = answer
-        answered = set(wanted)
-        keep = [k for k in range(len(items)) if k not in answered]
-        return [items[k] for k in keep], [positions[k] for k in keep]
+                state.answer(k, answer)
+
+    def unexplained(self, index: int, answer):
+        """A request sent to /explanations that reached inference: the handler's `preprocess` set nothing
+        aside, so there is nothing to explain it with (the prediction is not what was asked for)."""
+        if not is_explain(self.context, index):
+            return answer
+        return self.reject(index, unavailable(f"{type(self).__name__}.preprocess does not call "
+                                              "super().preprocess(data), which sets explanation requests aside"))
 
     def explainer(self) -> torch.nn.Module:
         """The fp32 differentiable model explanations run on, loaded on first use (see handlers.explain)."""
@@ -304,8 +428,11 @@ class TskitHandler(BaseHandler):
         return str(ids.get(index, index))
 
     def reject(self, index: int, err: BadInput) -> dict:
-        """Answer one request with its 4xx; the rest of the batch is unaffected."""
+        """Answer one request with its error (a 4xx, or a 500 for a handler that failed); the rest of the batch
+        is unaffected. 4xx kinds are counted in `TskitBadInput`."""
         logger.warning("request %s rejected (%d %s): %s", self.request_id(index), err.status, err.kind, err.message)
+        if err.status < 500 and getattr(self, "batch_state", None) is not None:
+            self.batch_state.rejected.append(err.kind)
         if self.context is not None:
             self.context.set_response_status(err.status, err.message, idx=index)
         return err.to_response()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from handlers.contract import header_is_true
 from handlers.errors import BadInput, ConfigError
 from handlers.loading import load_eager, load_torchscript
 
@@ -29,8 +30,8 @@ EXPLAIN_MODEL_FILE = "explain_model.py"
 
 
 def is_explain(context, index: int) -> bool:
-    value = context.get_request_header(index, "explain") if context is not None else None
-    return str(value).lower() == "true"
+    """Request `index` came in through /explanations."""
+    return header_is_true(context, index, "explain")
 
 
 def check_config(config: dict) -> None:
