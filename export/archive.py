@@ -1,7 +1,9 @@
 """Build a self-contained `.mar` with the real `torch-model-archiver`.
 
 Self-contained means a stock TorchServe, whose Python does not have this project installed, serves it:
-the archive carries the `handlers` package, the model file, the labels and a `model-config.yaml`.
+the archive carries the `handlers` package, the model file, the labels and a `model-config.yaml`, and for a
+user's own handler file its module, its `--extra-files` folders as packages and the entry module TorchServe
+loads (export/user_handler.py).
 """
 import os
 import shutil
@@ -15,8 +17,11 @@ import yaml
 
 import handlers
 from export.golden import GoldenInput
-from handlers.explain import EXPLAIN_MODEL_FILE, EXPLAIN_WEIGHTS
 from export.manifest import seal_archive
+from export.user_handler import (LIBRARY_PACKAGE, UserHandler, check_names, inspect_handler, is_handler_file,
+                                 stage_user_module, write_entry)
+from handlers.explain import EXPLAIN_MODEL_FILE, EXPLAIN_WEIGHTS
+from handlers.requirements import parse_requirements, unmet
 
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
 
@@ -43,6 +48,8 @@ class ArchiveSpec:
     # archive of a compiled format answer /explanations; loaded only when an explanation is asked for
     explain_weights: str | None = None
     explain_model_file: str | None = None
+    # a requirements.txt of the user's handler code: recorded in the manifest and checked where it is served
+    requirements: str | None = None
 
 
 def archiver_command() -> list[str]:
@@ -65,16 +72,44 @@ def read_config(path: str | None) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path]:
-    """Lay out what goes into the archive; returns (handler entry file, extra-files folder)."""
-    if spec.handler not in handlers.TASKS:
-        raise ValueError(f"unknown handler {spec.handler!r}; choose one of {sorted(handlers.TASKS)}")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def bundle_library(folder: Path) -> Path:
+    """This library's `handlers` package, copied into `folder` (what an archive carries at its root)."""
+    target = Path(folder) / LIBRARY_PACKAGE
+    shutil.copytree(HANDLERS_DIR, target, ignore=IGNORED, dirs_exist_ok=True)
+    return target
+
+
+def copy_extra(extra: str, bundle: Path) -> None:
+    """A file to the archive root; a folder as a folder of that name (a package stays importable by it)."""
+    path = Path(extra)
+    if path.is_dir():
+        shutil.copytree(path, bundle / path.name, ignore=IGNORED)
+    elif path.is_file():
+        shutil.copy(path, bundle / path.name)
+    else:
+        raise FileNotFoundError(f"extra file not found: {extra}")
+
+
+def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path, UserHandler | None]:
+    """Lay out what goes into the archive; returns (handler entry file, extra-files folder, the user's handler
+    for a handler file)."""
+    user_file = Path(spec.handler) if is_handler_file(spec.handler) else None
+    if user_file is None and spec.handler not in handlers.TASKS:
+        raise ValueError(f"unknown handler {spec.handler!r}: give one of {sorted(handlers.TASKS)} or your own "
+                         "handler file (my_handler.py)")
+    if user_file is not None:
+        if not user_file.is_file():
+            raise FileNotFoundError(f"handler file not found: {user_file}")
+        check_names(user_file, spec.extra_files)
     bundle = stage / "bundle"
-    shutil.copytree(HANDLERS_DIR, bundle / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    bundle_library(bundle)
     if spec.labels:
         shutil.copy(spec.labels, bundle / "index_to_name.json")
     for extra in spec.extra_files:
-        shutil.copy(extra, bundle / os.path.basename(extra))
+        copy_extra(extra, bundle)
     if spec.explain_weights:
         shutil.copy(spec.explain_weights, bundle / EXPLAIN_WEIGHTS)
         shutil.copy(spec.explain_model_file or spec.model_file, bundle / EXPLAIN_MODEL_FILE)
@@ -82,7 +117,13 @@ def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path]:
         (bundle / "golden").mkdir()
         for golden in spec.golden_inputs:
             (bundle / "golden" / golden.name).write_bytes(golden.payload)
-    return HANDLERS_DIR / handlers.TASKS[spec.handler][0], bundle
+    if user_file is None:
+        return HANDLERS_DIR / handlers.TASKS[spec.handler][0], bundle, None
+    user = inspect_handler(bundle, stage_user_module(user_file, bundle), stage)
+    if spec.reference_inputs and user.kind != "tskit":
+        raise ValueError(f"{user.module}.{user.class_name} derives from TorchServe's classes, which have no drift "
+                         "features: a drift reference (--reference) needs a handler of this library")
+    return write_entry(user, stage), bundle, user
 
 
 def build_archive(spec: ArchiveSpec) -> Path:
@@ -96,9 +137,10 @@ def build_archive(spec: ArchiveSpec) -> Path:
     if spec.explain_weights and not (spec.explain_model_file or spec.model_file):
         raise ValueError("explanation weights need the model file that defines their class (--explain-model-file)")
     os.makedirs(spec.export_path, exist_ok=True)
+    requirements = read_requirements(spec.requirements)
     with tempfile.TemporaryDirectory(prefix=f"tskit-{spec.name}-") as tmp:
         stage = Path(tmp)
-        entry, bundle = stage_bundle(spec, stage)
+        entry, bundle, user = stage_bundle(spec, stage)
         config_path = stage / "model-config.yaml"
         config = model_config(spec.config)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -114,11 +156,29 @@ def build_archive(spec: ArchiveSpec) -> Path:
         ]
         if spec.model_file:
             cmd += ["--model-file", spec.model_file]
+        if spec.requirements:  # TorchServe installs it per model only where install_py_dep_per_model=true
+            cmd += ["--requirements-file", spec.requirements]
         # the archiver stages files under $TMPDIR/<model name>: keep concurrent builds apart
         env = {**os.environ, "TMPDIR": tmp}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
         mar = Path(spec.export_path) / f"{spec.name}.mar"
-        seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs)
+        seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs, requirements,
+                     user.__dict__ if user else None)
     return mar
+
+
+def read_requirements(path: str | None) -> list[str]:
+    """The requirements file's packages; the build runs the handler (inspection, golden answers), so they
+    must be installed here too."""
+    if not path:
+        return []
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"requirements file not found: {path}")
+    requirements = parse_requirements(Path(path).read_text(), path)
+    problems = unmet(requirements)
+    if problems:
+        raise ValueError("tskit build runs the handler to inspect it and record its golden answers, so its "
+                         f"requirements must be installed here too; missing: {', '.join(problems)}")
+    return requirements

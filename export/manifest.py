@@ -39,10 +39,12 @@ def add_reference(mar: Path, unpacked: Path, inputs: list, work_dir: Path) -> di
             "features": [f["name"] for f in stats["features"]]}
 
 
-def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, reference_inputs: list = ()) -> dict:
+def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, reference_inputs: list = (),
+                 requirements: list[str] = (), user_handler: dict | None = None) -> dict:
     """Add the drift reference (if reference inputs are given), hash every file of the built archive,
     replay its golden inputs through its own handler, and add the manifest to the archive. Returns the
-    manifest."""
+    manifest. `requirements` are checked where the archive is served; `user_handler` ({module, class_name,
+    kind}) describes a user's handler file."""
     unpacked = unpack_archive(mar, work_dir / "unpacked")
     reference = add_reference(mar, unpacked, list(reference_inputs), work_dir)
     info = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
@@ -55,6 +57,8 @@ def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, referenc
         "files": file_hashes(unpacked),
         "environment": environment(),
         "preprocessing": config.get("handler", {}),
+        "requirements": list(requirements),
+        "user_handler": user_handler,
         "golden": {"precision": None, "tolerance": None, "cases": []},
         "reference": reference,
     }

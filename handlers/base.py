@@ -41,6 +41,7 @@ from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.loading import load_model
 from handlers.metrics import record_batch, record_drift
 from handlers.protocol import answer_envelope, calling_envelope
+from handlers.requirements import check_requirements
 from handlers.runtime import (
     DTYPES,
     pick_device,
@@ -93,6 +94,8 @@ class TskitHandler(BaseHandler):
         self.tskit_manifest = check_integrity(model_dir)
         if self.tskit_manifest is None:
             logger.warning("no %s in the archive: its files cannot be checked", MANIFEST_NAME)
+        else:
+            check_requirements(self.tskit_manifest.get("requirements", []))
         yaml_config = self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.config = validate_config(yaml_config.get("handler"), {**BASE_CONFIG, **self.config_defaults})
         if "explain_method" in self.config:

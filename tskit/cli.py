@@ -21,8 +21,25 @@ def cmd_build(args) -> int:
         golden_inputs=inputs_from_files(args.golden or []),
         reference_inputs=read_reference_inputs(args.reference) if args.reference else [],
         explain_weights=args.explain_weights, explain_model_file=args.explain_model_file,
+        requirements=args.requirements,
     )
     print(build_archive(spec))
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    """The folder to hand plain torch-model-archiver as `--extra-files`: this library's `handlers` package and
+    your own packages, each under its own name (the archiver copies a folder's contents, not the folder)."""
+    from export.archive import bundle_library, copy_extra
+    from export.user_handler import check_names
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_names(Path(args.handler or "handler.py"), args.add)
+    print(bundle_library(out))
+    for extra in args.add:
+        copy_extra(extra, out)
+        print(out / Path(extra).name)
     return 0
 
 
@@ -371,12 +388,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("name")
     b.add_argument("--serialized-file", required=True, help="state_dict (.pt/.pth) or TorchScript file")
     b.add_argument("--model-file", help="Python file defining the nn.Module (for a state_dict)")
-    b.add_argument("--handler", default="image_classifier")
+    b.add_argument("--handler", default="image_classifier",
+                   help="a task (image_classifier, object_detector, text_classifier, tensor, image_segmenter) or "
+                        "your own handler file (my_handler.py), whose one class subclasses a handler of this "
+                        "library, a TorchServe stock handler or BaseHandler")
     b.add_argument("--labels", help="index_to_name.json")
     b.add_argument("--config", help="model-config.yaml (batching, workers, `handler:` section)")
     b.add_argument("--export-path", default="model_store")
     b.add_argument("--version", default="1.0")
-    b.add_argument("--extra-files", nargs="*", default=[], help="more files for the archive root (vocabulary, schema)")
+    b.add_argument("--extra-files", nargs="*", default=[],
+                   help="more files for the archive root (vocabulary, schema); a folder keeps its name, so a "
+                        "package of your own stays importable")
+    b.add_argument("--requirements", help="requirements.txt of your handler code: recorded in the manifest; a "
+                                          "worker whose Python lacks one refuses to load, naming it")
     b.add_argument("--golden", nargs="*", help="real inputs (files or folders) whose answers are stored as golden "
                                               "cases; `tskit verify` and `tskit rollout` replay them")
     b.add_argument("--reference", help="drift reference inputs: a folder (a request per file), a .jsonl file "
@@ -385,6 +409,13 @@ def parser() -> argparse.ArgumentParser:
                                              "is asked for): what lets an ONNX or AOTInductor archive explain")
     b.add_argument("--explain-model-file", help="model file for --explain-weights (default: --model-file)")
     b.set_defaults(func=cmd_build)
+
+    bu = sub.add_parser("bundle", help="lay out the folder to give plain torch-model-archiver as --extra-files: "
+                                       "this library's handlers package and your own packages")
+    bu.add_argument("out", help="folder to write (created if missing)")
+    bu.add_argument("--add", nargs="*", default=[], help="your own packages or files to put beside it")
+    bu.add_argument("--handler", help="your handler file, checked for a name that clashes with the library")
+    bu.set_defaults(func=cmd_bundle)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
     d.add_argument("--export-path", default="model_store")

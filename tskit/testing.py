@@ -44,7 +44,10 @@ def make_context(model_dir: str | Path, batch_size: int = 8, yaml_overrides: dic
 
 def load_handler(handler_class, model_dir: str | Path, **context_kwargs):
     handler = handler_class()
-    handler.initialize(make_context(model_dir, **context_kwargs))
+    context = make_context(model_dir, **context_kwargs)
+    handler.initialize(context)
+    if getattr(handler, "context", None) is None:  # TorchServe's BaseHandler keeps it only from `handle` on
+        handler.context = context
     return handler
 
 

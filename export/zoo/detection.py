@@ -173,11 +173,16 @@ def _overlap(box, boxes) -> bool:
     return False
 
 
-def make_scene(rng, backgrounds: tuple, size: int = SCENE_SIZE):
-    """One scene: (RGB PIL image, boxes [[x1, y1, x2, y2]] in pixels, labels [class index])."""
+def make_scene(rng, backgrounds: tuple, size: int = SCENE_SIZE, with_mask: bool = False):
+    """One scene: (RGB PIL image, boxes [[x1, y1, x2, y2]] in pixels, labels [class index]).
+
+    With `with_mask`, also its [size, size] uint8 class mask (0 = background, else class index + 1: a photo
+    crop covers its rectangle, the silhouette its opaque pixels, a later paste covers earlier ones). The mask
+    draws nothing from `rng`: the scene, boxes and labels are the same either way."""
     objects, images = sources()
     scene = _background(rng, images[backgrounds[rng.integers(len(backgrounds))]], size)
     boxes, labels = [], []
+    mask = np.zeros((size, size), np.uint8) if with_mask else None
     for _ in range(rng.integers(1, 5)):
         label = int(rng.integers(len(CLASSES)))
         obj = objects[CLASSES[label]]
@@ -202,17 +207,21 @@ def make_scene(rng, backgrounds: tuple, size: int = SCENE_SIZE):
         if obj.mode == "RGBA":  # a silhouette takes a random dark colour
             colour = tuple(int(c) for c in rng.integers(0, 90, size=3))
             scene.paste(Image.new("RGB", obj.size, colour), (x, y), obj.getchannel("A"))
+            if mask is not None:  # pixels at least half covered by the silhouette
+                mask[y:y + oh, x:x + ow][np.asarray(obj.getchannel("A")) >= 128] = label + 1
         else:
             gain = rng.uniform(0.75, 1.25)
             scene.paste(obj.point(lambda v: min(255, int(v * gain))), (x, y))
+            if mask is not None:
+                mask[y:y + oh, x:x + ow] = label + 1
         boxes.append(box)
         labels.append(label)
-    return scene, boxes, labels
+    return (scene, boxes, labels, mask) if with_mask else (scene, boxes, labels)
 
 
-def make_scenes(n: int, seed: int, backgrounds: tuple) -> list:
+def make_scenes(n: int, seed: int, backgrounds: tuple, with_mask: bool = False) -> list:
     rng = np.random.default_rng(seed)
-    return [make_scene(rng, backgrounds) for _ in range(n)]
+    return [make_scene(rng, backgrounds, with_mask=with_mask) for _ in range(n)]
 
 
 def heldout_scenes(n: int = 40) -> list:
