@@ -34,7 +34,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, read_reference
-from handlers.contract import BatchState, ContractError, StageClock, as_answers, is_describe, request_error, subset
+from handlers.contract import BatchState, StageClock, as_answers, is_describe, request_error, subset
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import check_config as check_explain_config, is_explain, load_explainer, unavailable
 from handlers.integrity import MANIFEST_NAME, check_integrity
@@ -259,7 +259,7 @@ class TskitHandler(BaseHandler):
                     self.watch_drift(inputs, outputs)
         except Exception as err:  # the user's code included: the worker must answer, and stay up
             missing = state.unanswered()
-            if isolate and len(missing) > 1 and not isinstance(err, ContractError):
+            if isolate and len(missing) > 1:
                 logger.warning("%s failed for a batch of %d requests (%s: %s); answering each on its own",
                                stage, len(missing), type(err).__name__, err)
                 for k in missing:

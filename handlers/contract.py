@@ -19,8 +19,7 @@ STAGES = ("preprocess", "inference", "postprocess")
 
 
 class ContractError(RuntimeError):
-    """The handler broke TorchServe's contract (say, `postprocess` answered 3 of 4 requests): the same for
-    every request, so not retried one by one."""
+    """The handler broke TorchServe's contract (say, `postprocess` answered 3 of 4 requests)."""
 
 
 class BatchState:

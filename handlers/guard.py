@@ -11,7 +11,7 @@ and the `Tskit*` metrics with the time of each stage.
 import logging
 from contextlib import contextmanager
 
-from handlers.contract import ContractError, StageClock, as_answers, request_error, subset
+from handlers.contract import StageClock, as_answers, request_error, subset
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.metrics import record_batch
 
@@ -45,7 +45,7 @@ class Guarded:
         try:
             return as_answers(super().handle(data, context), len(data), where=f"{type(self).__name__}.handle")
         except Exception as err:
-            if isolate and len(data) > 1 and not isinstance(err, ContractError):
+            if isolate and len(data) > 1:
                 logger.warning("%s failed for a batch of %d requests (%s: %s); answering each on its own",
                                self._stage, len(data), type(err).__name__, err)
                 answers = []

@@ -1,10 +1,17 @@
-"""Run a handler in-process the way a TorchServe worker does, for fast tests of handlers and archives.
+"""Run a handler in-process the way a TorchServe worker does: the public way to unit-test a handler.
 
-`load_archive_handler` unpacks a `.mar`, builds the same `ts.context.Context` the worker builds (manifest,
-model-config.yaml, batch size) and calls `initialize`; `run_batch` then calls `handle` on a list of
-requests with per-request headers and returns each request's (status, body).
+`load_archive_handler` unpacks a `.mar`, imports the class TorchServe would instantiate from it, builds the
+same `ts.context.Context` the worker builds (manifest, model-config.yaml, batch size) and calls `initialize`;
+`load_handler` does the same for a handler class of your own on an unpacked archive folder. `run_batch` then
+calls `handle` on a list of requests with per-request headers (`{"explain": "True"}` is an /explanations
+call) and returns each request's (status, body); `run_envelope` sends one KServe v1/v2 body through
+TorchServe's own request envelope.
+
+    handler = load_archive_handler("model_store/my_model.mar", tmp_path)
+    [(status, body)] = run_batch(handler, [{"body": open("cat.jpg", "rb").read()}])
 """
 import json
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -49,6 +56,22 @@ def load_handler(handler_class, model_dir: str | Path, **context_kwargs):
     if getattr(handler, "context", None) is None:  # TorchServe's BaseHandler keeps it only from `handle` on
         handler.context = context
     return handler
+
+
+def load_archive_handler(mar: str | Path, dest: str | Path | None = None, **context_kwargs):
+    """The archive's own handler (the class its MAR-INF/MANIFEST.json names, from the code inside it), initialised
+    on the unpacked archive as a worker would. The archive's folder goes first on `sys.path`, as in a worker;
+    modules of an archive loaded earlier in this process are forgotten, so each archive gets its own."""
+    from export.replay import handler_class
+
+    root = unpack_archive(mar, dest).resolve()
+    for path in root.iterdir():
+        name = path.stem if path.suffix == ".py" else path.name if (path / "__init__.py").exists() else None
+        if name and name != "handlers":  # the library itself stays as imported
+            for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[module]
+    sys.path.insert(0, str(root))
+    return load_handler(handler_class(root), root, **context_kwargs)
 
 
 def _start_requests(context, headers: list[dict]) -> None:
