@@ -68,3 +68,15 @@ def format_archives(tmp_path_factory):
         spec.name = f"lite0_{fmt}"
         archives[fmt] = build_archive(spec)
     return archives
+
+
+@pytest.fixture(scope="session")
+def user_archives(tmp_path_factory):
+    """The handler files of tests/user_handlers packed as users pack them (tests/user_handlers/archives.py):
+    {name: archive}, built once for the in-process and the end-to-end tests."""
+    from export.zoo import export_default
+    from tests.user_handlers.archives import build_user_archives
+
+    work = tmp_path_factory.mktemp("user-archives")
+    torchscript = export_default("torchscript", work).serialized_file
+    return build_user_archives(work / "model_store", work, torchscript)

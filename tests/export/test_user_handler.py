@@ -1,7 +1,6 @@
 """`tskit build --handler FILE.py` with handler files as users write them (tests/user_handlers/): what goes into
 the archive, what is refused with a message that says what to do, and the archive's own handler run in-process."""
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -12,7 +11,7 @@ import pytest
 from export.archive import ArchiveSpec, build_archive
 from export.golden import GoldenInput
 from export.user_handler import ENTRY_FILE
-from export.zoo import CONFIG_DIR, ZOO_DIR, efficientnet_lite0_weights, golden_photos, write_imagenet_labels
+from export.zoo import CONFIG_DIR, ZOO_DIR, efficientnet_lite0_weights, write_imagenet_labels
 from export.zoo.tabular import export_files, golden_rows
 from tskit.testing import load_archive_handler, run_batch
 
@@ -23,20 +22,24 @@ TSKIT = [sys.executable, "-m", "tskit.cli"]
 
 @pytest.fixture(scope="module")
 def lite0_args(tmp_path_factory):
-    """`tskit build` arguments for the default model's eager files, two golden photos."""
+    """`tskit build` arguments for the default model's eager files (no golden inputs: refusals come first)."""
     work = tmp_path_factory.mktemp("lite0-files")
-    golden = work / "golden"
-    golden.mkdir()
-    for item in golden_photos()[:2]:
-        (golden / item.name).write_bytes(item.payload)
     return ["--serialized-file", efficientnet_lite0_weights(), "--model-file", str(ZOO_DIR / "efficientnet_lite0.py"),
             "--labels", str(write_imagenet_labels(work / "index_to_name.json")),
-            "--config", str(CONFIG_DIR / "efficientnet_lite0.yaml"), "--golden", str(golden)]
+            "--config", str(CONFIG_DIR / "efficientnet_lite0.yaml")]
 
 
-def tskit_build(name: str, handler: Path, args: list, store: Path, *extra: str, env: dict | None = None):
+@pytest.fixture(scope="module")
+def tabular_files(tmp_path_factory):
+    """`tskit build` arguments for the tabular model (no golden inputs: refusals come first)."""
+    weights, schema = export_files(tmp_path_factory.mktemp("tabular"))
+    return ["--serialized-file", str(weights), "--model-file", str(ZOO_DIR / "tabular_mlp.py"),
+            "--extra-files", str(schema)]
+
+
+def tskit_build(name: str, handler: Path, args: list, store: Path, *extra: str):
     return subprocess.run(TSKIT + ["build", name, "--handler", str(handler), *args, "--export-path", str(store),
-                                   *extra], capture_output=True, text=True, cwd=REPO, env=env)
+                                   *extra], capture_output=True, text=True, cwd=REPO)
 
 
 def members(mar: Path) -> set[str]:
@@ -49,10 +52,8 @@ def manifest(mar: Path) -> dict:
         return json.loads(zf.read("tskit-manifest.json"))
 
 
-def test_a_subclass_of_a_library_handler_is_packed_and_verified(lite0_args, tmp_path):
-    result = tskit_build("top1", USER / "top1_handler.py", lite0_args, tmp_path)
-    assert result.returncode == 0, result.stderr
-    mar = tmp_path / "top1.mar"
+def test_a_subclass_of_a_library_handler_is_packed_and_verified(user_archives):
+    mar = user_archives["top1"]
     names = members(mar)
     assert {"top1_handler.py", ENTRY_FILE, "handlers/base.py", "handlers/image_classifier.py"} <= names
     built = manifest(mar)
@@ -65,32 +66,21 @@ def test_a_subclass_of_a_library_handler_is_packed_and_verified(lite0_args, tmp_
     assert verify.returncode == 0 and "PASSED" in verify.stdout, verify.stdout + verify.stderr
 
 
-def test_a_users_helper_package_keeps_its_name(lite0_args, tmp_path, photo_bytes):
-    result = tskit_build("mirrored", USER / "mirrored_handler.py", lite0_args, tmp_path,
-                         "--extra-files", str(USER / "mylib"))
-    assert result.returncode == 0, result.stderr
-    assert {"mylib/__init__.py", "mylib/augment.py"} <= members(tmp_path / "mirrored.mar")
-    handler = load_archive_handler(tmp_path / "mirrored.mar", tmp_path / "unpacked")
+def test_a_users_helper_package_keeps_its_name(user_archives, tmp_path, photo_bytes):
+    assert {"mylib/__init__.py", "mylib/augment.py"} <= members(user_archives["mirrored"])
+    handler = load_archive_handler(user_archives["mirrored"], tmp_path / "unpacked")
     assert type(handler).__mro__[1].__module__ == "mirrored_handler"
     [(status, scores)] = run_batch(handler, [{"body": photo_bytes["coffee.png"]}])
     assert status == 200 and next(iter(scores)) == "espresso"
 
 
-def test_a_handler_written_against_torchservers_stock_classes_gets_guarded(format_archives, tmp_path, photo_bytes):
+def test_a_handler_written_against_torchserves_stock_classes_gets_guarded(user_archives, tmp_path, photo_bytes):
     """TorchServe's stock ImageClassifier fails a whole batch on one bad image; behind Guarded the batch is
     answered again one request at a time, so only the bad image fails, with a JSON 415."""
-    torchscript = tmp_path / "lite0.torchscript.pt"
-    with zipfile.ZipFile(format_archives["torchscript"]) as zf:
-        serialized = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
-        torchscript.write_bytes(zf.read(serialized))
-    mar = build_archive(ArchiveSpec(
-        name="stock_style", serialized_file=str(torchscript), handler=str(USER / "stock_style_handler.py"),
-        labels=str(write_imagenet_labels(tmp_path / "index_to_name.json")), config={"batchSize": 4},
-        export_path=str(tmp_path / "store"), golden_inputs=golden_photos()[:2]))
-    built = manifest(mar)
+    built = manifest(user_archives["stock_style"])
     assert built["user_handler"]["kind"] == "torchserve"
     assert [case["output"] for case in built["golden"]["cases"]] == ["bobsled", "Egyptian cat"]
-    handler = load_archive_handler(mar, tmp_path / "unpacked", batch_size=4)
+    handler = load_archive_handler(user_archives["stock_style"], tmp_path / "unpacked", batch_size=4)
     assert type(handler).__name__ == "StockStyleClassifier" and handler.tskit_manifest is not None
     results = run_batch(handler, [{"body": photo_bytes["coffee.png"]}, {"body": b"\x00 not an image"},
                                   {"data": photo_bytes["chelsea.png"]}])
@@ -99,17 +89,8 @@ def test_a_handler_written_against_torchservers_stock_classes_gets_guarded(forma
     assert results[1][1]["type"] == "UnsupportedMediaType"
 
 
-@pytest.fixture(scope="module")
-def tabular_files(tmp_path_factory):
-    weights, schema = export_files(tmp_path_factory.mktemp("tabular"))
-    return ["--serialized-file", str(weights), "--model-file", str(ZOO_DIR / "tabular_mlp.py"),
-            "--extra-files", str(schema)]
-
-
-def test_user_code_that_raises_fails_alone(tabular_files, tmp_path):
-    result = tskit_build("strict", USER / "strict_rows_handler.py", tabular_files, tmp_path)
-    assert result.returncode == 0, result.stderr
-    handler = load_archive_handler(tmp_path / "strict.mar", tmp_path / "unpacked")
+def test_user_code_that_raises_fails_alone(user_archives, tmp_path):
+    handler = load_archive_handler(user_archives["strict"], tmp_path / "unpacked")
     good = json.loads(golden_rows(1)[0].payload)
     negative = [-1.0] + good[1:]
     results = run_batch(handler, [{"body": good}, {"body": negative}, {"body": good}])
@@ -121,26 +102,29 @@ def test_user_code_that_raises_fails_alone(tabular_files, tmp_path):
     assert "postprocess returned 0 answers for the 1 requests that reached inference" in results[1][1]["message"]
 
 
-def test_requirements_are_recorded_and_refused_where_missing(tabular_files, tmp_path):
-    """Built where tskit-fixture-dep is installed; imported in a Python without it, the entry module refuses
-    before the handler's own `import tskit_fixture_dep` can fail with a bare ModuleNotFoundError."""
-    requirements = USER / "needs_dep_requirements.txt"
+def test_plain_torch_model_archiver_with_tskit_bundle(user_archives, tmp_path, photo_bytes):
+    names = members(user_archives["plain"])
+    assert {"handlers/base.py", "top1_handler.py", "index_to_name.json"} <= names and "tskit-manifest.json" not in names
+    handler = load_archive_handler(user_archives["plain"], tmp_path / "unpacked")
+    [(status, answer)] = run_batch(handler, [{"body": photo_bytes["coffee.png"]}])
+    assert status == 200 and answer["label"] == "espresso"
+
+
+def test_requirements_are_recorded_and_refused_where_missing(user_archives, tabular_files, tmp_path):
+    """needs_dep was built where tskit-fixture-dep is installed; imported in a Python without it, the entry module
+    refuses before the handler's own `import tskit_fixture_dep` can fail with a bare ModuleNotFoundError. Built
+    in such a Python, it is refused at once."""
     missing = tskit_build("needs_dep", USER / "needs_dep_handler.py", tabular_files, tmp_path,
-                          "--requirements", str(requirements))
+                          "--requirements", str(USER / "needs_dep_requirements.txt"))
     assert missing.returncode == 1 and "tskit-fixture-dep==1.0 (not installed)" in missing.stderr
 
-    env = {**os.environ, "PYTHONPATH": str(USER / "fixture_site")}
-    built = tskit_build("needs_dep", USER / "needs_dep_handler.py", tabular_files, tmp_path,
-                        "--requirements", str(requirements), env=env)
-    assert built.returncode == 0, built.stderr
-    mar = tmp_path / "needs_dep.mar"
+    mar = user_archives["needs_dep"]
     assert manifest(mar)["requirements"] == ["tskit-fixture-dep==1.0"]
     with zipfile.ZipFile(mar) as zf:  # what TorchServe's install_py_dep_per_model installs from
         assert json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]["requirementsFile"] in zf.namelist()
-    root = tmp_path / "unpacked"
-    zipfile.ZipFile(mar).extractall(root)
-    probe = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(root)!r}); import tskit_entry"],
-                           capture_output=True, text=True)
+        zf.extractall(tmp_path / "unpacked")
+    probe = subprocess.run([sys.executable, "-c", "import tskit_entry"], capture_output=True, text=True,
+                           cwd=tmp_path / "unpacked")
     assert probe.returncode == 1
     assert "RequirementError" in probe.stderr and "tskit-fixture-dep==1.0 (not installed)" in probe.stderr
     assert "install_py_dep_per_model=true" in probe.stderr
