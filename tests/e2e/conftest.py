@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -152,3 +153,22 @@ def kserve_store(kserve_built, tmp_path_factory):
     for mar in kserve_built.glob("*.mar"):
         derive_archive(mar, store / mar.name, {"batchSize": 1, "minWorkers": 1, "maxWorkers": 1})
     return store
+
+
+@pytest.fixture(scope="session")
+def stock_python(tmp_path_factory) -> str:
+    """A Python that sees the installed torch/torchserve but not this project, as a stock TorchServe host has.
+
+    A venv whose one .pth line adds the project venv's site-packages as a plain path: .pth files inside that
+    folder (the project's editable install among them) are not processed, so `handlers`, `export` and `tskit`
+    are not importable, while torch, ts and PIL are."""
+    root = tmp_path_factory.mktemp("stock-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "stock.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = subprocess.run([str(python), "-c", "import ts, torch, PIL\nimport handlers"], capture_output=True,
+                           text=True, cwd=root)
+    assert "No module named 'handlers'" in probe.stderr, "the stock Python must not see the project"
+    return str(python)
