@@ -43,6 +43,15 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    from tskit.scaffold import new_handler
+
+    for path in new_handler(args.name, args.base, args.out):
+        print(path)
+    print(f"next: pytest {Path(args.out) / f'test_{args.name}.py'}")
+    return 0
+
+
 def cmd_build_default(args) -> int:
     from export.archive import build_archive
     from export.zoo import default_spec
@@ -416,6 +425,16 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--add", nargs="*", default=[], help="your own packages or files to put beside it")
     bu.add_argument("--handler", help="your handler file, checked for a name that clashes with the library")
     bu.set_defaults(func=cmd_bundle)
+
+    nw = sub.add_parser("new", help="write a new handler file, its model-config.yaml and a passing test")
+    nw_sub = nw.add_subparsers(dest="what", required=True)
+    nh = nw_sub.add_parser("handler", help="a handler of your own on one of this library's handlers")
+    nh.add_argument("name", help="module name of the handler file (NAME.py)")
+    nh.add_argument("--from", dest="base", required=True,
+                    choices=["image_classifier", "object_detector", "text_classifier", "tensor", "base"],
+                    help="the handler to build on (base: TskitHandler itself, for a new task)")
+    nh.add_argument("--out", default=".", help="folder to write into (default: here)")
+    nh.set_defaults(func=cmd_new)
 
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
     d.add_argument("--export-path", default="model_store")

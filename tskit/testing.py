@@ -9,6 +9,10 @@ TorchServe's own request envelope.
 
     handler = load_archive_handler("model_store/my_model.mar", tmp_path)
     [(status, body)] = run_batch(handler, [{"body": open("cat.jpg", "rb").read()}])
+
+Before a trained model exists, `stand_in_archive(handler_file, task, tmp_path)` packs a handler file around a
+small random-weight model of the right shape for its task (tskit/stand_in.py), and `stand_in_request(task)` is
+a request that model answers: what the tests `tskit new handler` writes start from.
 """
 import json
 import sys
@@ -21,6 +25,7 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from tskit.k8s import METRICS_YAML
+from tskit.stand_in import stand_in_request  # noqa: F401  (public: a request the stand-in of a task answers)
 
 
 def unpack_archive(mar: str | Path, dest: str | Path | None = None) -> Path:
@@ -72,6 +77,23 @@ def load_archive_handler(mar: str | Path, dest: str | Path | None = None, **cont
                 del sys.modules[module]
     sys.path.insert(0, str(root))
     return load_handler(handler_class(root), root, **context_kwargs)
+
+
+def stand_in_archive(handler_file: str | Path, task: str, work_dir: str | Path, config: str | Path | None = None,
+                     name: str | None = None) -> Path:
+    """`tskit build --handler handler_file` around the stand-in model of `task` (tskit.stand_in.TASKS), with the
+    model-config.yaml `config` (its handler section under the stand-in's own settings); returns the archive."""
+    from export.archive import ArchiveSpec, build_archive, read_config
+    from tskit.stand_in import stand_in_files
+
+    work = Path(work_dir)
+    files = stand_in_files(task, work / "stand-in")
+    settings = read_config(str(config) if config else None)
+    settings["handler"] = {**(settings.get("handler") or {}), **files.handler_config}
+    return build_archive(ArchiveSpec(
+        name=name or Path(handler_file).stem, serialized_file=files.serialized_file, model_file=files.model_file,
+        handler=str(handler_file), labels=files.labels, extra_files=files.extra_files, config=settings,
+        export_path=str(work / "model_store")))
 
 
 def _start_requests(context, headers: list[dict]) -> None:
