@@ -110,13 +110,23 @@ def cmd_bench(args) -> int:
 def cmd_samples(args) -> int:
     import shutil
 
-    from export.zoo import sample_photos
+    from export.zoo import CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, sample_photos, \
+        write_imagenet_labels
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, path in sample_photos().items():
         shutil.copy(path, out / name)
         print(out / name)
+    if args.model:  # what `tskit build` takes for the default model: to practise on before bringing your own
+        model = Path(args.model)
+        model.mkdir(parents=True, exist_ok=True)
+        for source, target in ((efficientnet_lite0_weights(), f"{DEFAULT_NAME}.pth"),
+                               (ZOO_DIR / f"{DEFAULT_NAME}.py", f"{DEFAULT_NAME}.py"),
+                               (CONFIG_DIR / f"{DEFAULT_NAME}.yaml", "model-config.yaml")):
+            shutil.copy(source, model / target)
+            print(model / target)
+        print(write_imagenet_labels(model / "index_to_name.json"))
     return 0
 
 
@@ -447,6 +457,8 @@ def parser() -> argparse.ArgumentParser:
 
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")
     sa.add_argument("--out", default="samples")
+    sa.add_argument("--model", metavar="DIR", help="also write the default model's files here (weights, model file, "
+                                                   "labels, model-config.yaml), as `tskit build` takes them")
     sa.set_defaults(func=cmd_samples)
 
     e = sub.add_parser("export", help="export a model to eager / torchscript / onnx / aoti files")

@@ -159,23 +159,31 @@ def set_default(client: TorchServeClient, model: str, version: str) -> None:
 
 
 # ---- register / unregister ---------------------------------------------------------------------------
-def stage_in_store(mar: str | Path, model_store: str | Path) -> str:
+def stage_in_store(mar: str | Path, model_store: str | Path, version: str = "") -> str:
     """The archive's file name inside the model store (copied there if it is elsewhere): TorchServe only
-    registers archives it can reach through `allowed_urls`, and the shipped config allows the store alone."""
+    registers archives it can reach through `allowed_urls`, and the shipped config allows the store alone. A
+    different archive of the same file name there (the version it is to replace, say) is left alone: the copy
+    is named NAME-VERSION.mar instead."""
     mar, store = Path(mar).resolve(), Path(model_store).resolve()
-    if mar.parent != store:
-        target = store / mar.name
+    if mar.parent == store:
+        return mar.name
+    for name in (mar.name, f"{mar.stem}-{version}{mar.suffix}" if version else None):
+        if name is None:
+            break
+        target = store / name
         if not target.exists():
             shutil.copyfile(mar, target)
-        elif not filecmp.cmp(mar, target, shallow=False):
-            raise ValueError(f"{target} exists and differs from {mar}: rename the archive")
-    return mar.name
+            return name
+        if filecmp.cmp(mar, target, shallow=False):
+            return name
+    raise ValueError(f"{store} already holds other archives named {mar.name} and {mar.stem}-{version}{mar.suffix}: "
+                     "rename the archive")
 
 
 def register(client: TorchServeClient, mar: str | Path, model_store: str | Path, workers: int = 1) -> tuple[str, str]:
     """Register an archive from the model store and wait for its workers. Returns (model, version)."""
     name, version = archive_identity(mar)
-    url = stage_in_store(mar, model_store)
+    url = stage_in_store(mar, model_store, version)
     response = client.management("POST", "/models", timeout=600, params={
         "url": url, "initial_workers": workers, "synchronous": "true"})
     if response.status_code == 405:

@@ -2,7 +2,8 @@
 import pytest
 
 from export.golden import inputs_from_files
-from tskit.rollout import ReplayReport, VersionStats, archive_samples, read_history, top1, write_history
+from tskit.rollout import (ReplayReport, VersionStats, archive_samples, read_history, stage_in_store, top1,
+                           write_history)
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -45,3 +46,17 @@ def test_samples_come_from_the_archive_or_from_files(default_mar, tmp_path):
     (tmp_path / "b.jpg").write_bytes(golden[0].payload)
     found = {s.name: s.content_type for s in inputs_from_files([tmp_path])}
     assert found == {"a.json": "application/json", "b.jpg": "image/jpeg"}
+
+
+def test_a_new_version_beside_a_same_named_archive_is_staged_under_its_version(tmp_path):
+    store, build = tmp_path / "store", tmp_path / "build"
+    store.mkdir()
+    build.mkdir()
+    (store / "m.mar").write_bytes(b"version 1")
+    (build / "m.mar").write_bytes(b"version 2")
+    assert stage_in_store(build / "m.mar", store, "2.0") == "m-2.0.mar"
+    assert (store / "m-2.0.mar").read_bytes() == b"version 2" and (store / "m.mar").read_bytes() == b"version 1"
+    assert stage_in_store(build / "m.mar", store, "2.0") == "m-2.0.mar"  # already there: reused
+    (build / "m.mar").write_bytes(b"version 3")
+    with pytest.raises(ValueError, match="rename the archive"):
+        stage_in_store(build / "m.mar", store, "2.0")
