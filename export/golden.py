@@ -41,6 +41,18 @@ def inputs_from_files(paths) -> list[GoldenInput]:
     return [GoldenInput(p.name, p.read_bytes(), content_type(p)) for p in files]
 
 
+def top1(answer):
+    """What two versions must agree on: the first label of `{label: score}`, the `label` of a detection,
+    the argmax of a score list, and element-wise for lists of those."""
+    if isinstance(answer, dict):
+        return answer.get("label", next(iter(answer), None))
+    if isinstance(answer, list):
+        if answer and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in answer):
+            return max(range(len(answer)), key=answer.__getitem__)
+        return tuple(top1(v) for v in answer)
+    return answer
+
+
 def tolerance(*precisions: str) -> float:
     return max(TOLERANCE.get(p, TOLERANCE["bf16"]) for p in precisions)
 

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.golden import compare, tolerance
+from export.golden import compare, tolerance, top1
 from export.replay import replay
 from handlers.integrity import MANIFEST_NAME, integrity_problems, read_manifest
 from tskit.testing import unpack_archive
@@ -44,13 +44,7 @@ def check_cases(report: Report, where: str, cases: list[dict], results: list, at
         if diffs:
             report.fail(f"{where}: {case['input']}", diffs)
         else:
-            report.ok(f"{where}: {case['input']} (top-1 {_top1(body)!r}, within {atol:g})")
-
-
-def _top1(body):
-    if isinstance(body, dict) and body:
-        return next(iter(body))
-    return body[0] if isinstance(body, list) and body else body
+            report.ok(f"{where}: {case['input']} (top-1 {top1(body)!r}, within {atol:g})")
 
 
 def verify_archive(mar: str | Path, client=None) -> Report:

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.golden import GoldenInput
+from export.golden import GoldenInput, top1
 from export.variants import ARCHIVER_MANIFEST
 from handlers.integrity import MANIFEST_NAME
 from tskit.client import ServerError, TorchServeClient
@@ -39,18 +39,6 @@ def archive_samples(mar: str | Path) -> list[GoldenInput]:
             return []
         cases = json.loads(zf.read(MANIFEST_NAME))["golden"]["cases"]
         return [GoldenInput(c["input"], zf.read(c["input"]), c["content_type"]) for c in cases]
-
-
-def top1(answer):
-    """What two versions must agree on: the first label of `{label: score}`, the `label` of a detection,
-    the argmax of a score list, and element-wise for lists of those."""
-    if isinstance(answer, dict):
-        return answer.get("label", next(iter(answer), None))
-    if isinstance(answer, list):
-        if answer and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in answer):
-            return max(range(len(answer)), key=answer.__getitem__)
-        return tuple(top1(v) for v in answer)
-    return answer
 
 
 @dataclass

@@ -1,9 +1,8 @@
 """Rollout decisions and history, without a server (the live rollout is tests/e2e/test_rollout_e2e.py)."""
 import pytest
 
-from export.golden import inputs_from_files
-from tskit.rollout import (ReplayReport, VersionStats, archive_samples, read_history, stage_in_store, top1,
-                           write_history)
+from export.golden import inputs_from_files, top1
+from tskit.rollout import ReplayReport, VersionStats, archive_samples, read_history, stage_in_store, write_history
 
 
 @pytest.mark.parametrize("answer, expected", [
