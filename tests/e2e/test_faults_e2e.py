@@ -3,7 +3,7 @@
 
 The server runs the shipped config.properties with the default archive as shipped (2 workers x batch 8),
 plus two small archives of `slow_model.py`: `slow` (responseTimeout 5 s) and `broken` (tampered after
-sealing). Numbers print with `pytest -rP`; the README's Reliability section quotes them.
+sealing). Numbers print with `pytest -rP`; docs/security.md's Reliability section quotes them.
 """
 import json
 import os
