@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from handlers.image_classifier import ImageClassifier
-from tskit.testing import load_handler, run_batch, unpack_archive
+from export.inprocess import load_handler, run_batch, unpack_archive
 
 REFERENCE_CONFIG = {"precision": "fp32", "fast_decode": False}
 

@@ -11,7 +11,7 @@ from export.replay import replay
 from handlers.drift import REFERENCE_NAME
 from handlers.integrity import MANIFEST_NAME, file_hashes
 from handlers.loading import detect_format
-from tskit.testing import unpack_archive
+from export.inprocess import unpack_archive
 
 PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver", "onnxruntime", "numpy", "pillow")
 

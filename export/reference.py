@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from export.golden import GoldenInput, inputs_from_files
-from export.replay import handler_class, run_in_fresh_python
+from export.replay import run_in_fresh_python
 
 BATCH = 16  # requests per handler batch while computing the reference
 
@@ -49,7 +49,7 @@ def _main(model_dir: str, cases_file: str, out_file: str) -> None:
 
     from export.golden import as_request
     from handlers.drift import reference_stats
-    from tskit.testing import load_handler
+    from export.inprocess import handler_class, load_handler
 
     handler = load_handler(handler_class(root), root)
     cases = json.loads(Path(cases_file).read_text())
@@ -62,7 +62,7 @@ def _main(model_dir: str, cases_file: str, out_file: str) -> None:
         for k in range(len(chunk)):
             if state.answered[k]:
                 refusal = state.answers[k]
-                sys.exit(f"reference input {chunk[k]['name']} was refused: {refusal}")
+                sys.exit(f"reference input {chunk[k]['name']} was refused ({refusal['code']}): {refusal['message']}")
         rows = handler.drift_rows(inputs, handler.inference(inputs))
         if rows is None:
             sys.exit(f"{type(handler).__name__} describes no drift features: build without reference inputs")

@@ -7,8 +7,6 @@ exactly the code inside the archive (the `handlers` package it bundles), not thi
 CASES.json: [{"input": "golden/x.jpg", "content_type": "image/jpeg"}, ...]
 OUT.json:   {"precision": "fp32", "model_format": "eager", "results": [[status, body], ...]}
 """
-import importlib
-import inspect
 import json
 import subprocess
 import sys
@@ -32,19 +30,11 @@ def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> di
     return run_in_fresh_python("export.replay", model_dir, cases, work_dir)
 
 
-def handler_class(model_dir: Path):
-    """The class TorchServe would instantiate: the one class defined in the manifest's handler module."""
-    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-    module = importlib.import_module(Path(manifest["model"]["handler"].split(":")[0]).stem)
-    [cls] = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
-    return cls
-
-
 def _main(model_dir: str, cases_file: str, out_file: str) -> None:
     root = Path(model_dir).resolve()
     sys.path.insert(0, str(root))  # the archive's handlers package wins over any installed one
     from export.golden import as_request
-    from tskit.testing import load_handler, run_batch
+    from export.inprocess import handler_class, load_handler, run_batch
 
     handler = load_handler(handler_class(root), root)
     cases = json.loads(Path(cases_file).read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 from export.golden import compare, tolerance, top1
 from export.replay import replay
 from handlers.integrity import MANIFEST_NAME, integrity_problems, read_manifest
-from tskit.testing import unpack_archive
+from export.inprocess import unpack_archive
 
 
 @dataclass

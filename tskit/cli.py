@@ -172,13 +172,10 @@ def _overrides(items) -> dict:
 
 def in_process_handler(archive: str, tmp: str, batch_size: int, overrides):
     """An archive's own handler, initialised in this process as a worker would (its folder on sys.path)."""
-    from export.replay import handler_class
-    from tskit.testing import load_handler, unpack_archive
+    from tskit.testing import load_archive_handler
 
-    root = unpack_archive(archive, Path(tmp) / "archive")
-    sys.path.insert(0, str(root))
-    return load_handler(handler_class(root), root, batch_size=batch_size,
-                        yaml_overrides={"handler": _overrides(overrides)})
+    return load_archive_handler(archive, Path(tmp) / "archive", batch_size=batch_size,
+                                yaml_overrides={"handler": _overrides(overrides)})
 
 
 def cmd_forward(args) -> int:

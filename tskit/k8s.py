@@ -28,13 +28,13 @@ from pathlib import Path
 
 import yaml
 
+from export.inprocess import METRICS_YAML
 from export.variants import CONFIG_NAME, derive_archive
 from handlers.integrity import MANIFEST_NAME
 from tskit.properties import write_properties
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri's contents
 TORCHSERVE_IMAGE = "pytorch/torchserve:0.12.0-cpu"
-METRICS_YAML = Path(__file__).resolve().parent.parent / "config" / "metrics.yaml"
 ENVELOPES = {"v1": "kserve", "v2": "kservev2"}
 PROMETHEUS_PORT = 8082
 

@@ -36,6 +36,7 @@ DETECTION_FILE = Path(__file__).resolve().with_name("detection.py")  # defines t
 TRAIN_SCENES = 256  # the detector's training scenes (same seed and backgrounds), now with masks
 EPOCHS = 24
 BATCH = 16
+LOSS_STRIDE = 4  # the loss compares logits and masks on every 4th pixel each way
 
 
 def training_scenes(n: int = TRAIN_SCENES) -> list[tuple[Image.Image, np.ndarray]]:
@@ -83,15 +84,18 @@ def train_segmenter(n_scenes: int = TRAIN_SCENES, epochs: int = EPOCHS, batch: i
                     log=logger.info) -> SceneSegmenter:
     """Train the head on cached trunk features of `n_scenes` training scenes; returns the model in eval mode.
 
-    The loss is per-pixel cross-entropy at the scene's full resolution (the head's stride-8 logits upsampled
-    as the model's forward does), so boundaries are learned where they are scored."""
+    The loss is per-pixel cross-entropy at stride 4: the head's stride-8 logits upsampled bilinearly, as the
+    model's forward does, against every 4th mask pixel each way: boundaries are still learned between the
+    head's cells, at a sixteenth of the full resolution's loss cost (with an earlier head, held-out mIoU
+    0.829 at stride 4 against 0.839 at full resolution, which took twice as long to train)."""
     start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = pretrained_segmenter()
         scenes = training_scenes(n_scenes)
         features = trunk_features(model, [image for image, _ in scenes])
-        masks = torch.from_numpy(np.stack([mask for _, mask in scenes])).long()
+        masks = torch.from_numpy(np.stack([mask for _, mask in scenes])[:, LOSS_STRIDE // 2::LOSS_STRIDE,
+                                                                       LOSS_STRIDE // 2::LOSS_STRIDE]).long()
         log(f"segmenter: {n_scenes} scenes and their trunk features in {time.perf_counter() - start:.1f}s")
 
         head = model.head.train()
@@ -221,12 +225,14 @@ if __name__ == "__main__":  # python -m export.zoo.segmentation [EXPORT_PATH]
 
     from tskit.testing import unpack_archive
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)  # training progress; the handler's per-batch lines stay quiet
     t0 = time.perf_counter()
     trained_state()
-    print(f"training: {time.perf_counter() - t0:.1f}s")
+    t1 = time.perf_counter()
+    print(f"training: {t1 - t0:.1f}s")
     with tempfile.TemporaryDirectory() as tmp:
         mar = build_segmenter_archive(sys.argv[1] if len(sys.argv) > 1 else "model_store", tmp)
-        print(mar)
+        print(f"{mar} (archive, drift reference and golden cases: {time.perf_counter() - t1:.1f}s)")
         quality = handler_quality(unpack_archive(mar, Path(tmp) / "unpacked"), heldout_scenes(100))
     print("held-out scenes (100, through the handler):", json.dumps(quality, indent=1))
