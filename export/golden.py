@@ -70,7 +70,12 @@ def as_request(payload: bytes, content_type: str) -> dict:
 
 
 def compare(expected, actual, atol: float, path: str = "$") -> list[str]:
-    """Differences between two responses, one readable line each; [] when they agree."""
+    """Differences between two responses, one readable line each; [] when they agree. A `..._png` string
+    (a class mask, say) is compared as the image it encodes: a share of atol / 2 of its pixels may differ
+    (boundary pixels flip between CPU kernels and precisions: up to 1.5% between bf16 and fp32 seen on the
+    segmenter's held-out scenes)."""
+    if isinstance(expected, str) and isinstance(actual, str) and path.endswith("_png") and expected != actual:
+        return compare_png(expected, actual, atol / 2, path)
     if isinstance(expected, bool) or isinstance(expected, str) or expected is None:
         return [] if expected == actual else [f"{path}: expected {expected!r}, got {actual!r}"]
     if isinstance(expected, (int, float)):
@@ -99,6 +104,25 @@ def compare(expected, actual, atol: float, path: str = "$") -> list[str]:
             diffs += compare(e, a, atol, f"{path}[{i}]")
         return diffs
     return [f"{path}: cannot compare {type(expected).__name__}"]
+
+
+def compare_png(expected: str, actual: str, share: float, path: str) -> list[str]:
+    """Two base64 PNGs of the same size whose pixels differ on at most `share` of them."""
+    import base64
+    import binascii
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(v)))) for v in (expected, actual))
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as err:
+        return [f"{path}: not a base64 PNG ({err})"]
+    if a.shape != b.shape:
+        return [f"{path}: image of shape {list(b.shape)} instead of {list(a.shape)}"]
+    differ = float(np.mean(np.any((a != b).reshape(a.shape[0], a.shape[1], -1), axis=-1)))
+    return [] if differ <= share else [f"{path}: {differ:.2%} of the pixels differ (> {share:.2%})"]
 
 
 def _is_tail_score(scores: dict, key: str, atol: float) -> bool:

@@ -8,6 +8,7 @@ package inside every archive, and TorchServe imports the handler file as a top-l
 # Each module defines exactly one class (TorchServe's rule for a handler file).
 TASKS = {
     "image_classifier": ("image_classifier.py", "ImageClassifier"),
+    "image_segmenter": ("image_segmenter.py", "ImageSegmenter"),
     "object_detector": ("object_detector.py", "ObjectDetector"),
     "tensor": ("tensor.py", "TensorHandler"),
     "text_classifier": ("text_classifier.py", "TextClassifier"),

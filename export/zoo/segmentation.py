@@ -143,12 +143,6 @@ def answer_mask(answer: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"]))))
 
 
-def model_masks(model: SceneSegmenter, images: list) -> list[np.ndarray]:
-    """The model's class masks for scenes at their own size (a build-time check, without the handler)."""
-    with torch.inference_mode():
-        return list(model(normalised(images))["out"].argmax(1).to(torch.uint8).numpy())
-
-
 # ---- The archive --------------------------------------------------------------------------------------
 SEGMENTER_NAME = "scene_segmenter"
 SEGMENTER_CONFIG = {
@@ -207,7 +201,7 @@ def handler_quality(model_dir: str | Path, scenes: list, batch: int = 4) -> dict
     `mask_png` answers scored against the scenes' masks."""
     from export.zoo.detection import scene_png
     from handlers.image_segmenter import ImageSegmenter
-    from tskit.testing import load_handler, run_batch
+    from export.inprocess import load_handler, run_batch
 
     handler = load_handler(ImageSegmenter, model_dir, batch_size=batch)
     predicted = []
@@ -223,7 +217,7 @@ if __name__ == "__main__":  # python -m export.zoo.segmentation [EXPORT_PATH]
     import sys
     import tempfile
 
-    from tskit.testing import unpack_archive
+    from export.inprocess import unpack_archive
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)  # training progress; the handler's per-batch lines stay quiet

@@ -86,3 +86,29 @@ def test_verify_without_manifest_fails(default_mar, tmp_path):
                 out.writestr(item, src.read(item.filename))
     report = verify_archive(stripped)
     assert not report.passed and "no tskit-manifest.json" in str(report)
+
+
+def test_png_answers_are_compared_as_images():
+    """A class mask whose boundary moved by a few pixels still agrees; a different mask does not."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from export.golden import compare
+
+    def png(mask: np.ndarray) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8), "P").save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    mask = np.zeros((100, 100))
+    mask[20:60, 20:60] = 3
+    nudged = mask.copy()
+    nudged[60, 20:30] = 3  # 10 of 10,000 pixels
+    moved = np.roll(mask, 30, axis=1)
+    assert compare({"mask_png": png(mask)}, {"mask_png": png(nudged)}, atol=6e-2) == []
+    assert compare({"mask_png": png(mask)}, {"mask_png": png(nudged)}, atol=1e-3) != []  # fp32: 0.05% at most
+    [diff] = compare({"mask_png": png(mask)}, {"mask_png": png(moved)}, atol=6e-2)
+    assert "of the pixels differ" in diff and diff.startswith("$.mask_png")
