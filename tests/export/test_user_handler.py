@@ -110,6 +110,23 @@ def test_plain_torch_model_archiver_with_tskit_bundle(user_archives, tmp_path, p
     assert status == 200 and answer["label"] == "espresso"
 
 
+def test_a_handler_on_torchserves_base_handler_alone(tabular_files, tmp_path):
+    """BaseHandler's batch preprocess fails for the whole batch on one bad row; behind Guarded, answered one
+    request at a time, only the bad row fails (a JSON 500 naming the exception) and the others get their outputs."""
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    (rows / "row.json").write_bytes(golden_rows(1)[0].payload)
+    result = tskit_build("rows", USER / "base_rows_handler.py", tabular_files, tmp_path, "--golden", str(rows))
+    assert result.returncode == 0, result.stderr
+    assert manifest(tmp_path / "rows.mar")["user_handler"]["kind"] == "torchserve"
+    handler = load_archive_handler(tmp_path / "rows.mar", tmp_path / "unpacked")
+    good = json.loads(golden_rows(1)[0].payload)
+    results = run_batch(handler, [{"body": good}, {"body": ["not", "numbers"]}, {"body": good}])
+    assert [status for status, _ in results] == [200, 500, 200]
+    assert len(results[0][1]) == 2 and results[0][1] == results[2][1]  # two logits
+    assert results[1][1]["type"] == "HandlerError" and "preprocess raised" in results[1][1]["message"]
+
+
 def test_requirements_are_recorded_and_refused_where_missing(user_archives, tabular_files, tmp_path):
     """needs_dep was built where tskit-fixture-dep is installed; imported in a Python without it, the entry module
     refuses before the handler's own `import tskit_fixture_dep` can fail with a bare ModuleNotFoundError. Built
