@@ -50,6 +50,27 @@ def decode_image(data: bytes, draft_size: int = 0) -> Image.Image:
         raise BadInput(f"image could not be decoded: {err}", kind="CorruptImage") from None
 
 
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the image as decoded at full size and turned upright: JPEG draft mode decodes
+    smaller, and answers in the original's pixels (boxes, masks) need its size."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+            width, height = height, width
+    return width, height
+
+
+def request_image(request: dict, draft_size: int = 0) -> tuple[Image.Image, tuple[int, int]]:
+    """The request's upright RGB image (a v2 input of pixels, else its bytes decoded, drafted to `draft_size`)
+    and the original's (width, height)."""
+    image = tensor_image(request)
+    if image is not None:
+        return image, image.size
+    data = request_bytes(request)
+    image = decode_image(data, draft_size)
+    return image, upright_size(data) if draft_size else image.size
+
+
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale PNG/TIFF open as one of these
 
 

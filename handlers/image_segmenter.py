@@ -40,11 +40,8 @@ from handlers.base import TskitHandler
 from handlers.errors import ConfigError
 from handlers.explain import EXPLAIN_CONFIG, attribute, checked_targets, explain_valid, heatmap_png
 from handlers.image_classifier import (
-    DRIFT_FEATURES, IMAGENET_MEAN, IMAGENET_STD, channel_stats, decode_image, read_labels,
+    DRIFT_FEATURES, IMAGENET_MEAN, IMAGENET_STD, channel_stats, read_labels, request_image,
 )
-from handlers.object_detector import upright_size
-from handlers.payload import request_bytes
-from handlers.protocol import tensor_image
 
 MAX_SIZE = 4096  # the largest square side `size` may ask for
 PALETTE_CLASSES = 256  # up to this many classes the mask is a palette PNG, beyond it 16-bit grayscale
@@ -138,13 +135,7 @@ class ImageSegmenter(TskitHandler):
     def decode(self, request: dict) -> tuple[torch.Tensor, tuple[int, int]]:
         """One request to (size x size x 3 uint8 pixels, original upright (width, height))."""
         cfg = self.config
-        image = tensor_image(request)  # a v2 input of pixels, else None
-        if image is not None:
-            original = image.size
-        else:
-            data = request_bytes(request)
-            image = decode_image(data, 2 * cfg["size"] if cfg["fast_decode"] else 0)
-            original = upright_size(data) if cfg["fast_decode"] else image.size  # draft mode decodes smaller
+        image, original = request_image(request, 2 * cfg["size"] if cfg["fast_decode"] else 0)
         side = cfg["size"]
         return torch.from_numpy(np.array(image.resize((side, side), Image.BILINEAR))), original
 

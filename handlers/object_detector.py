@@ -19,7 +19,6 @@ model saw it: one forward pass with gradients, one backward pass per explained d
 Drift: per image, the per-channel mean and spread of the pixels the model sees (as the image classifier),
 and of its answer the number of detections and the best score.
 """
-import io
 import logging
 import os
 
@@ -30,9 +29,7 @@ from PIL import Image
 from handlers.base import TskitHandler
 from handlers.errors import ConfigError
 from handlers.explain import checked_targets, explain_valid, heatmap_png
-from handlers.image_classifier import DRIFT_FEATURES, channel_stats, decode_image, read_labels
-from handlers.payload import request_bytes
-from handlers.protocol import tensor_image
+from handlers.image_classifier import DRIFT_FEATURES, channel_stats, read_labels, request_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +40,6 @@ def fit_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int
     """Shorter side to `min_size` unless the longer side would then exceed `max_size`."""
     scale = min(min_size / min(width, height), max_size / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def upright_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of the image as decoded at full size and turned upright: JPEG draft mode decodes
-    smaller, and the boxes must be in the original's pixels."""
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the axes
-            width, height = height, width
-    return width, height
 
 
 def cast_floats(value, dtype: torch.dtype):
@@ -137,15 +124,9 @@ class ObjectDetector(TskitHandler):
     def decode(self, request: dict) -> tuple[torch.Tensor, tuple[int, int]]:
         """One request to (resized HxWx3 uint8 image, original (width, height))."""
         cfg = self.config
-        image = tensor_image(request)  # a v2 input of pixels, else None
-        if image is not None:
-            original = image.size
-        else:
-            data = request_bytes(request)
-            # draft to twice the target, as the image classifier does: the DCT-scaled decode still gets an
-            # antialiased resize afterwards
-            image = decode_image(data, 2 * cfg["min_size"] if cfg["fast_decode"] else 0)
-            original = upright_size(data) if cfg["fast_decode"] else image.size
+        # draft to twice the target, as the image classifier does: the DCT-scaled decode still gets an
+        # antialiased resize afterwards
+        image, original = request_image(request, 2 * cfg["min_size"] if cfg["fast_decode"] else 0)
         size = fit_size(*original, cfg["min_size"], cfg["max_size"])
         if size != original:
             image = image.resize(size, Image.BILINEAR)
