@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -165,7 +165,7 @@ def build_archive(spec: ArchiveSpec) -> Path:
             raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
         mar = Path(spec.export_path) / f"{spec.name}.mar"
         seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs, requirements,
-                     user.__dict__ if user else None)
+                     asdict(user) if user else None)
     return mar
 
 
