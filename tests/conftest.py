@@ -40,10 +40,24 @@ def classifier(default_model_dir):
 
 
 @pytest.fixture(scope="session")
-def text_model_dir(tmp_path_factory):
-    """The SMS spam archive (its model trained at build time), built and unpacked once for every test."""
+def text_mar(tmp_path_factory):
+    """The SMS spam archive (its model trained at build time), built once for every test."""
     work = tmp_path_factory.mktemp("text-archive")
-    return unpack_archive(build_text_archive(str(work / "model_store"), work), work / "unpacked")
+    return build_text_archive(str(work / "model_store"), work)
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(text_mar, tmp_path_factory):
+    return unpack_archive(text_mar, tmp_path_factory.mktemp("text-unpacked"))
+
+
+@pytest.fixture(scope="session")
+def detector_mar(tmp_path_factory):
+    """The scene detector's archive (FCOS trained at build time, once per session), as the zoo builds it."""
+    from export.zoo.detection import build_detector_archive
+
+    work = tmp_path_factory.mktemp("detector")
+    return build_detector_archive(work / "model_store", work)
 
 
 @pytest.fixture(scope="session")

@@ -126,20 +126,12 @@ def curl():
 
 
 @pytest.fixture(scope="session")
-def kserve_built(e2e_store, tmp_path_factory):
+def kserve_built(e2e_store, text_mar, tabular_mar, detector_mar, tmp_path_factory):
     """One archive per handler, as built: the default image classifier, the spam text classifier, the tabular
     model and the scene detector."""
-    from export.zoo.detection import build_detector_archive
-    from export.zoo.tabular import build_tabular_archive
-    from export.zoo.text import build_text_archive
-
-    work = tmp_path_factory.mktemp("kserve-build")
-    built = work / "built"
-    built.mkdir()
-    shutil.copy(e2e_store / f"{DEFAULT_NAME}.mar", built)
-    build_text_archive(str(built), work / "text")
-    build_tabular_archive(built, work / "tabular")
-    build_detector_archive(built, work / "detector")
+    built = tmp_path_factory.mktemp("kserve-built")
+    for mar in (e2e_store / f"{DEFAULT_NAME}.mar", text_mar, tabular_mar, detector_mar):
+        shutil.copy(mar, built)
     return built
 
 

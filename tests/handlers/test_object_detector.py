@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from export.zoo.detection import (
-    CLASSES, TRAIN_BACKGROUNDS, box_iou, build_detector_archive, detection_quality, heldout_scenes, make_scenes,
+    CLASSES, TRAIN_BACKGROUNDS, box_iou, detection_quality, heldout_scenes, make_scenes,
 )
 from handlers.errors import ConfigError
 from handlers.image_classifier import DRIFT_FEATURES
@@ -47,9 +47,8 @@ def matches_truth(detections: list, boxes: list, labels: list, iou: float = 0.5)
 
 
 @pytest.fixture(scope="module")
-def detector_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("detector")
-    return unpack_archive(build_detector_archive(work / "model_store", work), work / "unpacked")
+def detector_dir(detector_mar, tmp_path_factory):
+    return unpack_archive(detector_mar, tmp_path_factory.mktemp("detector-unpacked"))
 
 
 @pytest.fixture(scope="module")
