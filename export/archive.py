@@ -20,6 +20,7 @@ from export.golden import GoldenInput
 from export.manifest import seal_archive
 from export.user_handler import (LIBRARY_PACKAGE, UserHandler, check_names, inspect_handler, is_handler_file,
                                  stage_user_module, write_entry)
+from handlers.drift import REFERENCE_NAME
 from handlers.explain import EXPLAIN_MODEL_FILE, EXPLAIN_WEIGHTS
 from handlers.requirements import parse_requirements, unmet
 
@@ -50,6 +51,9 @@ class ArchiveSpec:
     explain_model_file: str | None = None
     # a requirements.txt of the user's handler code: recorded in the manifest and checked where it is served
     requirements: str | None = None
+    # a drift reference already computed (tskit-reference.json of the archive an optimized one derives from)
+    reference_file: str | None = None
+    manifest_extra: dict = field(default_factory=dict)  # more manifest sections (tskit optimize's report)
 
 
 def archiver_command() -> list[str]:
@@ -93,6 +97,16 @@ def copy_extra(extra: str, bundle: Path) -> None:
         raise FileNotFoundError(f"extra file not found: {extra}")
 
 
+def openvino_weights(serialized_file: str) -> list[str]:
+    """An OpenVINO IR's `.bin`, which OpenVINO reads from beside its `.xml`: it travels with it."""
+    weights = Path(serialized_file).with_suffix(".bin")
+    if not serialized_file.endswith(".xml"):
+        return []
+    if not weights.is_file():
+        raise FileNotFoundError(f"OpenVINO IR {serialized_file} needs its weights {weights} beside it")
+    return [str(weights)]
+
+
 def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path, UserHandler | None]:
     """Lay out what goes into the archive; returns (handler entry file, extra-files folder, the user's handler
     for a handler file)."""
@@ -108,11 +122,13 @@ def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path, UserHandle
     bundle_library(bundle)
     if spec.labels:
         shutil.copy(spec.labels, bundle / "index_to_name.json")
-    for extra in spec.extra_files:
+    for extra in spec.extra_files + openvino_weights(spec.serialized_file):
         copy_extra(extra, bundle)
     if spec.explain_weights:
         shutil.copy(spec.explain_weights, bundle / EXPLAIN_WEIGHTS)
         shutil.copy(spec.explain_model_file or spec.model_file, bundle / EXPLAIN_MODEL_FILE)
+    if spec.reference_file:
+        shutil.copy(spec.reference_file, bundle / REFERENCE_NAME)
     if spec.golden_inputs:
         (bundle / "golden").mkdir()
         for golden in spec.golden_inputs:
@@ -165,7 +181,7 @@ def build_archive(spec: ArchiveSpec) -> Path:
             raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
         mar = Path(spec.export_path) / f"{spec.name}.mar"
         seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs, requirements,
-                     asdict(user) if user else None)
+                     asdict(user) if user else None, spec.manifest_extra)
     return mar
 
 

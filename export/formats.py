@@ -5,6 +5,7 @@
 | eager       | NAME.pt + model file | the model class + `torch.load(weights_only=True)` |
 | torchscript | NAME.torchscript.pt | `torch.jit.load` (deprecated in torch 2.14, still supported) |
 | onnx        | NAME.onnx       | onnxruntime, dynamic batch axis                  |
+| openvino    | NAME.xml + .bin | OpenVINO's CPU plugin (fp32 IR; `tskit optimize` writes int8 ones) |
 | aoti        | NAME.pt2        | torch.export + AOTInductor, `aoti_load_package`  |
 
 The first axis of every input is exported as dynamic (batch) so TorchServe's batching works.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-FORMATS = ("eager", "torchscript", "onnx", "aoti")
+FORMATS = ("eager", "torchscript", "onnx", "openvino", "aoti")
 MAX_BATCH = 256
 
 
@@ -68,6 +69,14 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, fmt: str, out_di
         path = out / f"{name}.onnx"
         torch.onnx.export(model, (example,), str(path), dynamic_shapes=dynamic, dynamo=True,
                           input_names=["input"], output_names=["output"], external_data=False, verbose=False)
+        return Exported(fmt, path)
+    if fmt == "openvino":
+        import openvino as ov
+
+        path = out / f"{name}.xml"
+        shape = ov.PartialShape([-1, *example.shape[1:]])  # a dynamic batch axis, like the other formats
+        ov.save_model(ov.convert_model(model, example_input=example, input=[shape]), str(path),
+                      compress_to_fp16=False)
         return Exported(fmt, path)
     from torch._inductor import aoti_compile_and_package
 

@@ -27,24 +27,28 @@ def environment() -> dict[str, str | None]:
 
 
 def add_reference(mar: Path, unpacked: Path, inputs: list, work_dir: Path) -> dict | None:
-    """Compute the drift reference of `inputs` with the archive's own handler and add it to the archive."""
-    if not inputs:
+    """Compute the drift reference of `inputs` with the archive's own handler and add it to the archive; without
+    inputs, describe the reference the archive already carries (one an optimized archive inherits), if any."""
+    if inputs:
+        stats = compute_reference(unpacked, inputs, work_dir)
+        text = json.dumps(stats, indent=1)
+        (unpacked / REFERENCE_NAME).write_text(text)
+        with zipfile.ZipFile(mar, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(REFERENCE_NAME, text)
+    elif (unpacked / REFERENCE_NAME).is_file():
+        stats = json.loads((unpacked / REFERENCE_NAME).read_text())
+    else:
         return None
-    stats = compute_reference(unpacked, inputs, work_dir)
-    text = json.dumps(stats, indent=1)
-    (unpacked / REFERENCE_NAME).write_text(text)
-    with zipfile.ZipFile(mar, "a", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(REFERENCE_NAME, text)
     return {"file": REFERENCE_NAME, "inputs": stats["inputs"], "rows": stats["rows"],
             "features": [f["name"] for f in stats["features"]]}
 
 
 def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, reference_inputs: list = (),
-                 requirements: list[str] = (), user_handler: dict | None = None) -> dict:
+                 requirements: list[str] = (), user_handler: dict | None = None, extra: dict | None = None) -> dict:
     """Add the drift reference (if reference inputs are given), hash every file of the built archive,
     replay its golden inputs through its own handler, and add the manifest to the archive. Returns the
     manifest. `requirements` are checked where the archive is served; `user_handler` ({module, class_name,
-    kind}) describes a user's handler file."""
+    kind}) describes a user's handler file; `extra` adds sections (`tskit optimize`'s report)."""
     unpacked = unpack_archive(mar, work_dir / "unpacked")
     reference = add_reference(mar, unpacked, list(reference_inputs), work_dir)
     info = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
@@ -61,6 +65,7 @@ def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, referenc
         "user_handler": user_handler,
         "golden": {"precision": None, "tolerance": None, "cases": []},
         "reference": reference,
+        **(extra or {}),
     }
     if golden:
         cases = [{"input": f"golden/{g.name}", "content_type": g.content_type} for g in golden]

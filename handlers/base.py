@@ -115,16 +115,16 @@ class TskitHandler(BaseHandler):
         model_file = model_info.get("modelFile")
         model_file = os.path.join(model_dir, model_file) if model_file else None
         self.model, self.model_format = load_model(
-            serialized, model_file, self.device, self.config["model_class"] or None, self.threads
+            serialized, model_file, self.device, self.config["model_class"] or None, self.threads, self.precision
         )
         self.model_paths = (model_dir, serialized, model_file)
         self._explainer = None  # loaded on the first explanation request
         fixed_dtype = getattr(self.model, "fixed_dtype", None)
-        if fixed_dtype is not None and fixed_dtype != self.dtype:
-            logger.info("%s model runs in the dtype it was exported with (%s), not %s",
-                        self.model_format, fixed_dtype, self.precision)
-            self.dtype = fixed_dtype
-            self.precision = next(name for name, dt in DTYPES.items() if dt == fixed_dtype)
+        if fixed_dtype is not None:  # a compiled engine: it takes that dtype and computes in its own precision
+            if self.model.precision != self.precision:
+                logger.info("%s model computes in %s (as exported), not %s", self.model_format,
+                            self.model.precision, self.precision)
+            self.dtype, self.precision = fixed_dtype, self.model.precision
         self.channels_last = self.config["channels_last"] and fixed_dtype is None
         self.model = self.model.to(self.dtype)
         if self.channels_last:

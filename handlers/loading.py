@@ -1,13 +1,14 @@
 """The one place that turns an archive's serialized file into a callable model.
 
 Formats: `eager` (a model file defining one nn.Module, plus a state_dict loaded with weights_only=True),
-`torchscript`, `onnx` (onnxruntime) and `aoti` (an AOTInductor `.pt2` package; a `.pt2` saved with
-`torch.export.save` loads as `exported`). Every loader returns an object called as `model(batch_tensor)`
+`torchscript`, `onnx` (onnxruntime), `openvino` (an IR `.xml` with its `.bin` beside it, fp32 or NNCF-quantized
+int8) and `aoti` (an AOTInductor `.pt2` package; a `.pt2` saved with `torch.export.save` loads as `exported`). Every loader returns an object called as `model(batch_tensor)`
 that returns a tensor. Compiled formats fix dtype and layout at export time: their wrappers carry
 `fixed_dtype`, and the handler feeds them that dtype.
 """
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -17,6 +18,8 @@ import torch
 
 from handlers.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 
 def detect_format(serialized_file: str, model_file: str | None) -> str:
     """Name the format of `serialized_file`; a model file beside it means an eager state_dict."""
@@ -24,6 +27,8 @@ def detect_format(serialized_file: str, model_file: str | None) -> str:
         return "eager"
     if serialized_file.endswith(".onnx"):
         return "onnx"
+    if serialized_file.endswith(".xml"):
+        return "openvino"
     if zipfile.is_zipfile(serialized_file):
         with zipfile.ZipFile(serialized_file) as zf:
             names = zf.namelist()
@@ -35,7 +40,8 @@ def detect_format(serialized_file: str, model_file: str | None) -> str:
             return "torchscript"
     raise ConfigError(
         f"cannot tell how to load {os.path.basename(serialized_file)!r}: give a model file (--model-file) "
-        "for a state_dict, or a TorchScript (.pt), ONNX (.onnx) or torch.export/AOTInductor (.pt2) file"
+        "for a state_dict, or a TorchScript (.pt), ONNX (.onnx), OpenVINO (.xml) or torch.export/AOTInductor "
+        "(.pt2) file"
     )
 
 
@@ -93,9 +99,11 @@ def load_torchscript(path: str, device: torch.device) -> torch.nn.Module:
 
 
 class CompiledModel:
-    """A model whose graph, dtype and layout were fixed at export: `.to()`/`.eval()` are no-ops."""
+    """A model whose graph, dtype and layout were fixed at export: `.to()`/`.eval()` are no-ops. It takes
+    `fixed_dtype` inputs and computes in `precision` (what the worker reports)."""
 
     fixed_dtype = torch.float32
+    precision = "fp32"
 
     def to(self, *args, **kwargs):
         return self
@@ -124,6 +132,33 @@ class OnnxModel(CompiledModel):
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
+class OpenVinoModel(CompiledModel):
+    """An OpenVINO IR compiled for the CPU with this worker's threads, one stream. `precision` bf16 becomes
+    OpenVINO's bf16 inference-precision hint where the CPU has native bf16, else f32 (logged); an int8 IR
+    (NNCF post-training quantization) runs its int8 kernels on every CPU, the rest of it in the hint."""
+
+    def __init__(self, path: str, threads: int, precision: str = "fp32"):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(path)
+        bf16 = precision == "bf16"
+        if bf16 and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            logger.warning("OpenVINO: bf16 asked for, but this CPU has no native bf16; running in f32")
+            bf16 = False
+        int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        self.compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
+        self.request = self.compiled.create_infer_request()
+        self.precision = "int8" if int8 else "bf16" if bf16 else "fp32"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        self.request.infer({0: array})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
 class AotiModel(CompiledModel):
     """An AOTInductor package: compiled ahead of time for one device type (here the build's)."""
 
@@ -137,9 +172,11 @@ class AotiModel(CompiledModel):
 
 
 def load_model(serialized_file: str, model_file: str | None, device: torch.device,
-               class_name: str | None = None, threads: int = 1):
-    """Returns (model, format)."""
+               class_name: str | None = None, threads: int = 1, precision: str = "fp32"):
+    """Returns (model, format). `precision` is the worker's resolved precision (OpenVINO's hint)."""
     fmt = detect_format(serialized_file, model_file)
+    if fmt == "openvino":
+        return OpenVinoModel(serialized_file, threads, precision), fmt
     if fmt == "eager":
         return load_eager(model_file, serialized_file, device, class_name), fmt
     if fmt == "onnx":

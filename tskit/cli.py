@@ -9,6 +9,9 @@ from tskit.client import ServerError, TorchServeClient
 from tskit.properties import read_properties
 
 
+FORMAT_CHOICES = ["eager", "torchscript", "onnx", "openvino", "aoti"]  # export.formats.FORMATS, without importing torch
+
+
 def cmd_build(args) -> int:
     from export.archive import ArchiveSpec, build_archive, read_config
     from export.golden import inputs_from_files
@@ -107,11 +110,27 @@ def cmd_bench(args) -> int:
     return 1 if any(r["errors"] for r in rows) and args.fail_on_errors else 0
 
 
+def cmd_optimize(args) -> int:
+    """The fastest engine on this machine that passes the accuracy guard, written as an archive."""
+    from export.optimize import optimize_archive
+
+    with tempfile.TemporaryDirectory(prefix="tskit-optimize-") as tmp:
+        result = optimize_archive(args.archive, args.calibration, args.export_path, Path(tmp), args.min_agreement,
+                                  args.min_top5, args.views, args.cores, args.seconds, args.version,
+                                  [c for c in (args.only or "").split(",") if c] or None, log=print)
+    print(result.report.table())
+    if result.archive is None:
+        print("no candidate passes the guard: nothing written", file=sys.stderr)
+        return 1
+    print(result.archive)
+    return 0
+
+
 def cmd_samples(args) -> int:
     import shutil
 
-    from export.zoo import CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, sample_photos, \
-        write_imagenet_labels
+    from export.zoo import CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, guard_photos, \
+        sample_photos, write_imagenet_labels
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +146,12 @@ def cmd_samples(args) -> int:
             shutil.copy(source, model / target)
             print(model / target)
         print(write_imagenet_labels(model / "index_to_name.json"))
+    if args.calibration:  # photos for `tskit optimize --calibration`
+        calibration = Path(args.calibration)
+        calibration.mkdir(parents=True, exist_ok=True)
+        for name, path in guard_photos().items():
+            shutil.copy(path, calibration / name)
+            print(calibration / name)
     return 0
 
 
@@ -446,14 +471,33 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
     d.add_argument("--export-path", default="model_store")
     d.add_argument("--stock", action="store_true", help="instead, the same weights behind TorchServe's stock handler")
-    d.add_argument("--format", default="eager", choices=["eager", "torchscript", "onnx", "aoti"])
+    d.add_argument("--format", default="eager", choices=FORMAT_CHOICES)
     d.add_argument("--name", help="archive name (default efficientnet_lite0)")
     d.add_argument("--no-explain-weights", action="store_true",
                    help="ONNX/AOTInductor: leave out the eager weights that /explanations runs on (then 501)")
     d.set_defaults(func=cmd_build_default)
 
+    op = sub.add_parser("optimize", help="measure engines and precisions on this machine against the accuracy "
+                                         "guard; write the fastest that passes as an archive of the same model")
+    op.add_argument("archive", help="an image classifier archive (tskit build ... --handler image_classifier)")
+    op.add_argument("--calibration", required=True, help="a folder of photos like the ones it will serve (a "
+                                                         "handful is enough: views are made from them, some held out)")
+    op.add_argument("--export-path", default="optimized", help="where the optimized archive goes")
+    op.add_argument("--min-agreement", type=float, default=0.99,
+                    help="(a) top-1 agreement with the fp32 reference on the views it is confident about")
+    op.add_argument("--min-top5", type=float, default=0.99, help="(b) share of views with the reference's top-1 in "
+                                                                 "the candidate's top 5")
+    op.add_argument("--views", type=int, default=600, help="views made from the photos (at least 500)")
+    op.add_argument("--cores", type=int, default=0, help="cores to divide among workers (default: usable cores)")
+    op.add_argument("--seconds", type=float, default=2.0, help="seconds per speed measurement")
+    op.add_argument("--version", help="version of the optimized archive (default: the archive's; another one lets "
+                                      "tskit rollout put it beside the original)")
+    op.add_argument("--only", help="comma list of candidates to try, e.g. 'openvino fp32,openvino int8'")
+    op.set_defaults(func=cmd_optimize)
+
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")
     sa.add_argument("--out", default="samples")
+    sa.add_argument("--calibration", metavar="DIR", help="also write 16 real photos for tskit optimize --calibration")
     sa.add_argument("--model", metavar="DIR", help="also write the default model's files here (weights, model file, "
                                                    "labels, model-config.yaml), as `tskit build` takes them")
     sa.set_defaults(func=cmd_samples)
@@ -464,7 +508,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model-class", help="which class of the model file, when it defines several")
     e.add_argument("--weights", required=True, help="state_dict or training checkpoint (Lightning .ckpt too)")
     e.add_argument("--strip-prefix", help="key prefix to drop, e.g. 'model.' for a LightningModule attribute")
-    e.add_argument("--format", nargs="+", default=["eager"], choices=["eager", "torchscript", "onnx", "aoti"])
+    e.add_argument("--format", nargs="+", default=["eager"], choices=FORMAT_CHOICES)
     e.add_argument("--example-shape", default="2,3,224,224", help="example input shape, batch first")
     e.add_argument("--torchscript-method", default="trace", choices=["trace", "script"])
     e.add_argument("--out", default="exported")

@@ -124,18 +124,25 @@ GUARD_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coff
                 "page.png", "retina.jpg", "rocket.jpg")
 
 
-def guard_images(views_per_photo: int = 6) -> dict[str, bytes]:
-    """The accuracy guard's image set: 16 real photos (scikit-image's and matplotlib's), each whole and as
-    corner and centre crops, re-encoded as JPEG (quality 90) so the JPEG fast path is exercised."""
+def guard_photos() -> dict[str, Path]:
+    """The guard's 16 real photos (the samples and more of scikit-image's data), located as sample_photos does:
+    `tskit samples --calibration DIR` writes them, `tskit optimize --calibration DIR` makes its views of them."""
     import importlib.util
-
-    from PIL import Image
 
     paths = dict(sample_photos())
     spec = importlib.util.find_spec("skimage")
     if spec is not None and spec.submodule_search_locations:
         folder = Path(list(spec.submodule_search_locations)[0]) / "data"
         paths.update({name: folder / name for name in GUARD_PHOTOS if (folder / name).is_file()})
+    return paths
+
+
+def guard_images(views_per_photo: int = 6) -> dict[str, bytes]:
+    """The accuracy guard's image set: 16 real photos (scikit-image's and matplotlib's), each whole and as
+    corner and centre crops, re-encoded as JPEG (quality 90) so the JPEG fast path is exercised."""
+    from PIL import Image
+
+    paths = guard_photos()
     images = {}
     for name, path in sorted(paths.items()):
         image = Image.open(path).convert("RGB")
