@@ -84,10 +84,24 @@ class Candidate:
     guard: GuardResult | None = None
     rates: dict[str, float] = field(default_factory=dict)  # "workers x threads" -> images/s, all workers
     verdict: str = ""
+    bf16_hint: bool = False  # OpenVINO computes what is not int8 in bf16
+
+    @property
+    def pixels(self) -> bool:
+        """Takes uint8 NHWC pixels (every OpenVINO IR written here), not normalised fp32."""
+        return self.engine == "openvino"
 
     @property
     def best(self) -> tuple[str, float] | None:
         return max(self.rates.items(), key=lambda kv: kv[1]) if self.rates else None
+
+
+@dataclass
+class Decoder:
+    name: str  # the image classifier's `decoder` setting
+    ms_per_image: float = 0.0  # decode + resize + crop + collate, one core
+    guard: GuardResult | None = None
+    verdict: str = ""
 
 
 @dataclass
@@ -102,6 +116,8 @@ class Report:
     chosen: str | None = None
     min_confident: float = 0.99
     min_top5: float = 0.99
+    decoders: list["Decoder"] = field(default_factory=list)
+    decoder: str | None = None  # the chosen one
 
     def table(self) -> str:
         lines = [f"tskit optimize {self.archive} on {self.cpu['model']} ({self.cores} cores; {', '.join(self.cpu['flags']) or 'no AVX-512/AMX'})",
@@ -118,6 +134,14 @@ class Report:
             acc = [f"{g.overall:.1%}", f"{g.confident:.1%} of {g.confident_views}", f"{g.held_out_confident:.1%}",
                    f"{g.top5:.1%}"] if g else ["-"] * 4
             lines.append(f"| {c.name} | {speed} | " + " | ".join(acc) + f" | {c.verdict} |")
+        if self.decoders:
+            lines += ["", f"| preprocessing, with {self.chosen} | ms per image (one core) | overall | (a) confident | "
+                          "held-out (a) | (b) top-5 | chosen or why not |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            for d in self.decoders:
+                g = d.guard
+                acc = [f"{g.overall:.1%}", f"{g.confident:.1%} of {g.confident_views}", f"{g.held_out_confident:.1%}",
+                       f"{g.top5:.1%}"] if g else ["-"] * 4
+                lines.append(f"| decoder {d.name} | {d.ms_per_image:.2f} | " + " | ".join(acc) + f" | {d.verdict} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -159,6 +183,37 @@ def forward_rate(model, batch: torch.Tensor, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
+def parallel_rate(candidate: "Candidate", workers: int, threads: int, root: Path, batch_size: int, batch_file: Path,
+                  seconds: float, work: Path) -> float:
+    """Images/s of `workers` processes at once, each loading `candidate` on `threads` threads as a worker does:
+    what a server with that split gets (one process alone hides interference: OpenVINO pins every process's
+    thread to the same core by default, which halved two workers' throughput here)."""
+    import subprocess
+    import sys
+
+    spec = work / f"rate-{workers}x{threads}.json"
+    spec.write_text(json.dumps({"candidate": asdict(candidate), "threads": threads, "root": str(root),
+                                "batch_size": batch_size, "batch": str(batch_file), "seconds": seconds}))
+    procs = [subprocess.Popen([sys.executable, "-m", "export.optimize", str(spec)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    rates = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"measuring {candidate.name} failed:\n{err[-2000:]}")
+        rates.append(float(out.strip().splitlines()[-1]))
+    return sum(rates)
+
+
+def _rate_main(spec_file: str) -> None:
+    """One worker-like process of `parallel_rate`: prints its images/s."""
+    spec = json.loads(Path(spec_file).read_text())
+    fields = {k: v for k, v in spec["candidate"].items() if k in ("name", "engine", "precision", "files", "bf16_hint")}
+    candidate = Candidate(**fields)
+    model = engine(candidate, spec["threads"], Path(spec["root"]), spec["batch_size"])
+    print(forward_rate(model, torch.load(spec["batch"]), spec["seconds"]))
+
+
 # ---- candidates ---------------------------------------------------------------------------------------
 def worker_splits(cores: int) -> list[tuple[int, int]]:
     """(workers, threads each) with workers x threads = the cores: every way a server can use them."""
@@ -191,22 +246,33 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, work: Path, name
     return export_model(module, example, "onnx", work, name).serialized_file
 
 
-def openvino_ir(source, example: torch.Tensor, path: Path) -> Path:
-    """An fp32 IR with a dynamic batch axis from an ONNX file or a torch module."""
+def openvino_ir(source, example: torch.Tensor, mean: list[float], std: list[float], path: Path) -> Path:
+    """An fp32 IR from an ONNX file or a torch module that takes uint8 NHWC pixels (any batch) and normalises
+    them itself with `mean` and `std` (0..1 units, recorded in its rt_info): the worker then skips its own
+    normalisation pass (9% of a worker's time in a profile of the served int8 model)."""
     import openvino as ov
+    from openvino.preprocess import PrePostProcessor
 
-    shape = ov.PartialShape([-1, *example.shape[1:]])
     if isinstance(source, Path):
         model = ov.convert_model(str(source))
-        model.reshape(shape)
+        model.reshape(ov.PartialShape([-1, *example.shape[1:]]))
     else:
-        model = ov.convert_model(source, example_input=example, input=[shape])
+        model = ov.convert_model(source, example_input=example, input=[ov.PartialShape([-1, *example.shape[1:]])])
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([m * 255 for m in mean]) \
+        .scale([s * 255 for s in std])
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    model = ppp.build()
+    model.set_rt_info(json.dumps(mean), ["tskit", "mean"])
+    model.set_rt_info(json.dumps(std), ["tskit", "std"])
     ov.save_model(model, str(path), compress_to_fp16=False)
     return path
 
 
 def quantize_int8(ir: Path, calibration: list[np.ndarray], path: Path) -> Path:
-    """NNCF post-training quantization of an IR, calibrated on `calibration` (model inputs, batch 1 each)."""
+    """NNCF post-training quantization of an IR, calibrated on `calibration` (model inputs, batch 1 each);
+    the IR's rt_info (the pixel normalisation) carries over."""
     import nncf
     import openvino as ov
 
@@ -238,13 +304,14 @@ def quantize_int8_controlled(ir: Path, calibration: list[np.ndarray], labels: np
 
 
 def engine(candidate: Candidate, threads: int, root: Path, batch_size: int):
-    """A model for `candidate` on `threads` threads, loaded as a worker loads it: fp32 batch -> logits."""
+    """A model for `candidate` on `threads` threads, loaded as a worker loads it: batch -> logits (OpenVINO
+    candidates take uint8 pixels, the others normalised fp32)."""
     from handlers.loading import OnnxModel, OpenVinoModel
 
     if candidate.engine == "onnx":
         return OnnxModel(candidate.files[0], torch.device("cpu"), threads)
     if candidate.engine == "openvino":
-        return OpenVinoModel(candidate.files[0], threads, "bf16" if candidate.precision == "bf16" else "fp32")
+        return OpenVinoModel(candidate.files[0], threads, "bf16" if candidate.bf16_hint else "fp32")
     handler = archive_handler(root, batch_size, threads=threads)  # as built: the archive's own engine and config
     return lambda batch: handler.forward(handler.to_model_input(batch))
 
@@ -258,7 +325,9 @@ def archive_handler(root: Path, batch_size: int, **handler_config):
 
 
 def preprocessed(handler, payloads: list[bytes]) -> torch.Tensor:
-    """The batches `preprocess` makes of request bodies, as fp32 tensors (every view must be accepted)."""
+    """The batches `preprocess` makes of request bodies, as fp32 tensors (every view must be accepted); the
+    handler's `preprocess_ms` is set to the time per body."""
+    start = time.perf_counter()
     out = []
     for i in range(0, len(payloads), CHUNK):
         chunk = payloads[i:i + CHUNK]
@@ -268,6 +337,7 @@ def preprocessed(handler, payloads: list[bytes]) -> torch.Tensor:
         if refused:
             raise ValueError(f"a calibration view was refused: {refused[0]}")
         out.append(batch.float().contiguous())
+    handler.preprocess_ms = (time.perf_counter() - start) * 1000 / max(1, len(payloads))
     return torch.cat(out)
 
 
@@ -281,6 +351,60 @@ def eager_weights(root: Path, archiver: dict, fmt: str) -> tuple[str | None, str
     if fmt == "eager":
         return str(root / archiver["serializedFile"]), str(root / archiver["modelFile"])
     return None, None
+
+
+def judge_decoders(winner: Candidate, inputs: "Inputs", reference_logits: torch.Tensor, held_out: np.ndarray,
+                   payloads: list[bytes], root: Path, batch_size: int, cores: int, min_confident: float,
+                   min_top5: float, log) -> list[Decoder]:
+    """The archive's own decoding and the faster ones, each through the chosen engine against the same guard;
+    the fastest that passes is chosen (the archive's own always passes: the engine was judged with it)."""
+    from handlers import jpeg
+
+    own = inputs.handler.config["decoder"]
+    rows = [Decoder(own, inputs.ms_per_image(payloads), winner.guard, "passes")]
+    for name in ("pillow", "turbojpeg"):
+        if name == own:
+            continue
+        if name == "turbojpeg" and not jpeg.available():
+            rows.append(Decoder(name, verdict="skipped: simplejpeg or opencv-python-headless not installed"))
+            continue
+        other = Inputs(archive_handler(root, batch_size, precision="fp32", decoder=name), payloads)
+        model = engine(winner, cores, root, batch_size)
+        row = Decoder(name, other.ms_per_image(payloads),
+                      guard(reference_logits, forward_all(model, other.of(winner)), held_out))
+        refusal = row.guard.refusal(min_confident, min_top5)
+        row.verdict = f"refused: {refusal}" if refusal else "passes"
+        rows.append(row)
+    best = min((r for r in rows if r.verdict == "passes"), key=lambda r: r.ms_per_image)
+    for r in rows:
+        if r.verdict == "passes":
+            r.verdict = "chosen" if r is best else f"passes, slower ({r.ms_per_image:.2f} vs {best.ms_per_image:.2f} ms)"
+    for r in rows:
+        log(f"decoder {r.name}: {r.ms_per_image:.2f} ms/image, {r.verdict}")
+    return rows
+
+
+class Inputs:
+    """Every view as a handler with the archive's preprocessing (and `decoder`) makes it: normalised fp32 batches
+    for torch and ONNX Runtime, the decoded uint8 pixels for OpenVINO IRs (which normalise themselves)."""
+
+    def __init__(self, handler, payloads: list[bytes]):
+        self.handler = handler
+        self.normalised = preprocessed(handler, payloads)
+        self.pixels = torch.stack([handler.decode({"body": p}) for p in payloads])
+
+    def of(self, candidate: Candidate) -> torch.Tensor:
+        return self.pixels if candidate.pixels else self.normalised
+
+    def ms_per_image(self, payloads: list[bytes], sample: int = 64) -> float:
+        """decode + resize + crop + normalise per image, on one core (a worker's share)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            preprocessed(self.handler, payloads[:sample])
+        finally:
+            torch.set_num_threads(threads)
+        return self.handler.preprocess_ms
 
 
 # ---- the whole run ------------------------------------------------------------------------------------
@@ -334,8 +458,9 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
                                str(root / archiver["modelFile"]) if archiver.get("modelFile") else None,
                                reference_pre.model_format, torch.device("cpu"), reference_pre.config["model_class"] or None)
     reference_logits = forward_all(reference, preprocessed(reference_pre, payloads))
-    served = preprocessed(archive_handler(root, batch_size, precision="fp32"), payloads)
-    example = served[:2]
+    inputs = Inputs(archive_handler(root, batch_size, precision="fp32"), payloads)
+    example = inputs.normalised[:2]
+    mean, std = inputs.handler.config["mean"], inputs.handler.config["std"]
 
     built = archive_handler(root, batch_size)
     candidates = [Candidate(f"as built ({built.model_format} {built.precision})", "as built", built.precision,
@@ -348,60 +473,64 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     except Exception as err:  # an exporter that cannot take this model: the others still run
         onnx = None
         candidates.append(Candidate("onnxruntime fp32", "onnx", "fp32", verdict=f"skipped: ONNX export failed ({err})"))
-    openvino_names = ("openvino fp32", "openvino bf16", "openvino int8", "openvino int8 (accuracy control)")
+    openvino_names = ("openvino fp32", "openvino bf16", "openvino int8", "openvino int8, bf16 hint",
+                      "openvino int8 (accuracy control)")
     if missing:
-        candidates += [Candidate(n, "openvino", "-", verdict=f"skipped: {missing}") for n in openvino_names]
+        candidates += [Candidate(n, "openvino", "-", verdict=f"skipped: {missing}") for n in openvino_names[:-1]]
     else:
-        ir = openvino_ir(onnx if onnx is not None else reference, example, work / f"{name}.xml")
-        ir_files = [str(ir), str(ir.with_suffix(".bin"))]
-        candidates.append(Candidate("openvino fp32", "openvino", "fp32", ir_files))
-        bf16 = Candidate("openvino bf16", "openvino", "bf16", ir_files)
-        if not native_bf16():
-            bf16.verdict = "skipped: this CPU has no native bf16"
-        candidates.append(bf16)
-        candidates.append(Candidate("openvino int8", "openvino", "int8"))
+        ir = openvino_ir(onnx if onnx is not None else reference, example, mean, std, work / f"{name}.xml")
+        bf16 = native_bf16()
+        no_bf16 = "" if bf16 else "skipped: this CPU has no native bf16"
+        candidates += [Candidate("openvino fp32", "openvino", "fp32", [str(ir)]),
+                       Candidate("openvino bf16", "openvino", "bf16", [str(ir)], verdict=no_bf16, bf16_hint=True),
+                       Candidate("openvino int8", "openvino", "int8"),
+                       Candidate("openvino int8, bf16 hint", "openvino", "int8", verdict=no_bf16, bf16_hint=True)]
     if only:
         for c in candidates:
             if c.name not in only and not c.verdict:
                 c.verdict = "skipped: not asked for (--only)"
 
-    calibration_inputs = [served[i:i + 1].numpy() for i in range(len(served)) if not held_out[i]]
+    calibration = [inputs.pixels[i:i + 1].numpy() for i in range(len(payloads)) if not held_out[i]]
 
     def judge(candidate: Candidate) -> None:
         model = engine(candidate, cores, root, batch_size)
-        candidate.guard = guard(reference_logits, forward_all(model, served), held_out)
+        candidate.guard = guard(reference_logits, forward_all(model, inputs.of(candidate)), held_out)
         refusal = candidate.guard.refusal(min_confident, min_top5)
         candidate.verdict = f"refused: {refusal}" if refusal else "passes"
         log(f"{candidate.name}: overall {candidate.guard.overall:.1%}, confident {candidate.guard.confident:.1%} "
             f"of {candidate.guard.confident_views}, top-5 {candidate.guard.top5:.1%}: {candidate.verdict}")
 
+    int8_ir = None
     for candidate in list(candidates):
         if candidate.verdict:
             continue
-        if candidate.name == "openvino int8":
-            start = time.perf_counter()
-            candidate.files = [str(p) for p in (quantize_int8(ir, calibration_inputs, work / f"{name}-int8.xml"),)]
-            candidate.files.append(str(Path(candidate.files[0]).with_suffix(".bin")))
-            log(f"NNCF post-training quantization on {len(calibration_inputs)} views: {time.perf_counter() - start:.0f} s")
+        if candidate.precision == "int8":
+            if int8_ir is None:
+                start = time.perf_counter()
+                int8_ir = quantize_int8(ir, calibration, work / f"{name}-int8.xml")
+                log(f"NNCF post-training quantization on {len(calibration)} views: {time.perf_counter() - start:.0f} s")
+            candidate.files = [str(int8_ir)]
         judge(candidate)
-        if candidate.name == "openvino int8" and candidate.verdict.startswith("refused") and \
-                (not only or "openvino int8 (accuracy control)" in only):
-            start = time.perf_counter()
-            labels = reference_logits.argmax(1).numpy()[~held_out]
-            path = quantize_int8_controlled(ir, calibration_inputs, labels, 1 - min_confident, work / f"{name}-int8ac.xml")
-            controlled = Candidate("openvino int8 (accuracy control)", "openvino", "int8",
-                                   [str(path), str(path.with_suffix(".bin"))])
-            log(f"NNCF accuracy-controlled quantization: {time.perf_counter() - start:.0f} s")
-            candidates.append(controlled)
-            judge(controlled)
+    plain_int8 = [c for c in candidates if c.precision == "int8" and c.guard is not None]
+    if plain_int8 and not any(c.verdict == "passes" for c in plain_int8) and \
+            (not only or "openvino int8 (accuracy control)" in only):
+        start = time.perf_counter()
+        labels = reference_logits.argmax(1).numpy()[~held_out]
+        path = quantize_int8_controlled(ir, calibration, labels, 1 - min_confident, work / f"{name}-int8ac.xml")
+        log(f"NNCF accuracy-controlled quantization: {time.perf_counter() - start:.0f} s")
+        controlled = Candidate("openvino int8 (accuracy control)", "openvino", "int8", [str(path)],
+                               bf16_hint=plain_int8[-1].bf16_hint)
+        candidates.append(controlled)
+        judge(controlled)
 
-    batch = served[:batch_size] if len(served) >= batch_size else served
     for candidate in candidates:
         if candidate.verdict != "passes":
             continue
+        batch_file = work / "rate-batch.pt"
+        torch.save(inputs.of(candidate)[:batch_size].clone(), batch_file)
         for workers, threads in worker_splits(cores):
-            model = engine(candidate, threads, root, batch_size)
-            candidate.rates[f"{workers}x{threads}"] = workers * forward_rate(model, batch, seconds)
+            candidate.rates[f"{workers}x{threads}"] = parallel_rate(candidate, workers, threads, root, batch_size,
+                                                                  batch_file, seconds, work)
         log(f"{candidate.name}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in candidate.rates.items()))
 
     report = Report(Path(mar).name, cpu, batch_size, cores, len(photos), len({v.photo for v in all_views if v.held_out}),
@@ -416,9 +545,13 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
             c.verdict = f"passes, slower ({c.best[1]:.0f} vs {winner.best[1]:.0f} images/s)"
     report.chosen = winner.name
     workers, threads = (int(x) for x in winner.best[0].split("x"))
+    report.decoders = judge_decoders(winner, inputs, reference_logits, held_out, payloads, root, batch_size, cores,
+                                     min_confident, min_top5, log)
+    report.decoder = next(d.name for d in report.decoders if d.verdict == "chosen")
 
     handler_config = dict(config.get("handler") or {})
-    handler_config.update(precision="bf16" if winner.precision == "bf16" else "fp32", threads=0)
+    handler_config.update(precision="bf16" if winner.bf16_hint or winner.precision == "bf16" else "fp32",
+                          threads=0, decoder=report.decoder)
     new_config = {**config, "minWorkers": workers, "maxWorkers": workers, "handler": handler_config}
     golden = [GoldenInput(Path(c["input"]).name, (root / c["input"]).read_bytes(), c["content_type"])
               for c in (manifest or {}).get("golden", {}).get("cases", [])]
@@ -426,13 +559,16 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     model_file = str(root / archiver["modelFile"]) if as_built and archiver.get("modelFile") else None
     explain = (None, None) if model_file else eager_weights(root, archiver, reference_pre.model_format)
     labels = root / "index_to_name.json"
-    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}.get(winner.engine)
+    # a worker without the engine (or the decoder's packages) refuses to load, naming them (handlers/requirements.py)
+    packages = [p for p in [{"onnx": "onnxruntime", "openvino": "openvino"}.get(winner.engine)] if p]
+    if report.decoder == "turbojpeg":
+        packages += ["simplejpeg", "opencv-python-headless"]
     requirements = None
-    if runtime:  # a worker without the engine refuses to load, naming it (handlers/requirements.py)
+    if packages:
         from importlib import metadata
 
         requirements = work / "requirements.txt"
-        requirements.write_text(f"{runtime}=={metadata.version(runtime)}\n")
+        requirements.write_text("".join(f"{p}=={metadata.version(p)}\n" for p in packages))
     spec = ArchiveSpec(
         name=name, serialized_file=winner.files[0], model_file=model_file, handler="image_classifier",
         labels=str(labels) if labels.is_file() else None, config=new_config, export_path=str(export_path),
@@ -441,3 +577,10 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
         reference_file=str(root / REFERENCE_NAME) if (root / REFERENCE_NAME).is_file() else None,
         requirements=str(requirements) if requirements else None, manifest_extra={"optimization": report.to_dict()})
     return Optimized(report, build_archive(spec))
+
+
+if __name__ == "__main__":  # python -m export.optimize RATE_SPEC.json: one process of parallel_rate
+    import sys
+
+    logging.disable(logging.WARNING)
+    _rate_main(sys.argv[1])

@@ -124,7 +124,8 @@ class TskitHandler(BaseHandler):
             if self.model.precision != self.precision:
                 logger.info("%s model computes in %s (as exported), not %s", self.model_format,
                             self.model.precision, self.precision)
-            self.dtype, self.precision = fixed_dtype, self.model.precision
+            self.dtype, self.precision = (fixed_dtype if fixed_dtype.is_floating_point else torch.float32,
+                                          self.model.precision)
         self.channels_last = self.config["channels_last"] and fixed_dtype is None
         self.model = self.model.to(self.dtype)
         if self.channels_last:
@@ -135,9 +136,11 @@ class TskitHandler(BaseHandler):
         if self.config["warmup"]:
             self.warmup()
         self.initialized = True
+        hint = getattr(self.model, "hint", None)
         logger.info(
-            "loaded %s model on %s, precision %s, %d torch threads, batch size %d",
-            self.model_format, self.device, self.precision, self.threads, self.batch_size,
+            "loaded %s model on %s, precision %s%s, %d threads, batch size %d",
+            self.model_format, self.device, self.precision, f" ({hint} hint)" if hint else "", self.threads,
+            self.batch_size,
         )
 
     # ---- hooks -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from export.variants import derive_archive
 from tskit.client import parse_prometheus
-from tskit.loadgen import closed_loop, open_loop
+from tskit.loadgen import closed_loop, open_loop, wrk_closed_loop
 from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
@@ -62,8 +62,9 @@ def parse_loads(closed: list[int], open_rates: list[float]) -> list[tuple[str, f
 
 def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], loads: list[tuple[str, float]],
                   duration_s: float, warmup_s: float, workdir: Path, server_config: Path, threads: int | None,
-                  progress=print) -> list[dict]:
-    """Start one TorchServe for `archive` under `config`, run each load, return one row per load."""
+                  progress=print, generator: str = "python") -> list[dict]:
+    """Start one TorchServe for `archive` under `config`, run each load, return one row per load. The closed
+    loop is driven by `generator` ("python" threads, or "wrk"); the open loop always by Python."""
     model = archive.stem
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     run_dir = workdir / f"{model}-{config.label().replace(' ', '-')}"
@@ -82,25 +83,26 @@ def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], lo
             closed_loop(url, headers, payloads, max(2, config.batch_size), warmup_s)
         for mode, level in loads:
             before = model_counters(ts.client.metrics(), model)
-            result = (closed_loop(url, headers, payloads, int(level), duration_s) if mode == "closed"
+            closed = wrk_closed_loop if generator == "wrk" else closed_loop
+            result = (closed(url, headers, payloads, int(level), duration_s) if mode == "closed"
                       else open_loop(url, headers, payloads, level, duration_s))
             row = {"archive": model, **config.__dict__, "threads_per_worker": threads, **result.summary(),
                    "server": server_split(before, model_counters(ts.client.metrics(), model))}
             rows.append(row)
-            progress(f"[{model} {config.label()}] {mode} {level:g}: {row['throughput_rps']} req/s, "
-                     f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, errors {row['errors']}, "
-                     f"server {row['server']}")
+            progress(f"[{model} {config.label()}] {mode} {level:g} ({row['generator']}, client CPU "
+                     f"{row['client_cpu']} cores): {row['throughput_rps']} req/s, p50 {row['p50_ms']} ms, "
+                     f"p99 {row['p99_ms']} ms, errors {row['errors']}, server {row['server']}")
     return rows
 
 
 def sweep(archives: list[Path], workers: list[int], batch_sizes: list[int], delays: list[int], payloads: list[bytes],
           loads: list[tuple[str, float]], duration_s: float, warmup_s: float, workdir: Path, server_config: Path,
-          cores: int, precisions: list[str | None] = (None,), progress=print) -> list[dict]:
+          cores: int, precisions: list[str | None] = (None,), progress=print, generator: str = "python") -> list[dict]:
     rows = []
     for archive, w, b, d, p in itertools.product(archives, workers, batch_sizes, delays, precisions):
         threads = max(1, cores // w)
         rows += bench_archive(archive, ServerConfig(w, b, d, p), payloads, loads, duration_s, warmup_s, workdir,
-                              server_config, threads, progress)
+                              server_config, threads, progress, generator)
     return rows
 
 
@@ -135,7 +137,7 @@ def best_per_archive(rows: list[dict], mode: str = "closed") -> dict[str, dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| archive | workers | batch | delay ms | load | req/s | p50 ms | p90 ms | p99 ms | errors | "
-            "queue ms | pre ms/batch | infer ms/batch | post ms/batch | avg batch |")
+            "queue ms | pre ms/batch | infer ms/batch | post ms/batch | avg batch | client (CPU cores) |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in rows:
         s = r["server"]
@@ -145,7 +147,7 @@ def markdown_table(rows: list[dict]) -> str:
                      f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['errors']} | "
                      f"{s.get('queue_ms')} | {s.get('preprocess_ms_per_batch', '-')} | "
                      f"{s.get('inference_ms_per_batch', '-')} | {s.get('postprocess_ms_per_batch', '-')} | "
-                     f"{s.get('avg_batch_size', '-')} |")
+                     f"{s.get('avg_batch_size', '-')} | {r.get('generator', 'python')} ({r.get('client_cpu')}) |")
     return "\n".join(lines) + "\n"
 
 

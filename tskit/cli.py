@@ -94,7 +94,7 @@ def cmd_bench(args) -> int:
         precisions = [p for p in args.precision.split(",") if p] or [None]
         rows = bench.sweep(archives, _ints(args.workers), _ints(args.batch), _ints(args.delay), payloads, loads,
                            args.duration, args.warmup, Path(tmp), Path(args.config).resolve(),
-                           args.cores or usable_cores(), precisions, bench.stderr_progress)
+                           args.cores or usable_cores(), precisions, bench.stderr_progress, args.generator)
     extra = {"command": "tskit " + " ".join(sys.argv[1:])}
     if len(archives) == 2:
         extra["compare"] = bench.compare_summary(rows, archives[0].stem, archives[1].stem)
@@ -523,6 +523,9 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--precision", default="", help="comma list of handler precisions to sweep (default: the archive's)")
     be.add_argument("--concurrency", default="16", help="closed-loop concurrency levels, comma list ('' for none)")
     be.add_argument("--rate", default="", help="open-loop offered rates in req/s, comma list")
+    be.add_argument("--generator", default="python", choices=["python", "wrk"],
+                    help="closed-loop load generator: Python threads, or wrk (Debian's package; its own CPU is far "
+                         "less, which matters on a small machine); every row reports the client's CPU")
     be.add_argument("--duration", type=float, default=20, help="seconds per load level")
     be.add_argument("--warmup", type=float, default=5, help="seconds of warm-up load per server")
     be.add_argument("--payload", nargs="*", help="request bodies (default: the sample photos as 640px JPEGs)")

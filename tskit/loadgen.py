@@ -1,9 +1,16 @@
 """Load generators for a live TorchServe: closed loop (fixed concurrency) and open loop (fixed rate).
 
 Open-loop latency counts from each request's scheduled send time, not from when a thread got to it, so
-a server that falls behind shows its real queueing delay (no coordinated omission).
+a server that falls behind shows its real queueing delay (no coordinated omission). `wrk_closed_loop` drives
+the closed loop with `wrk` (C, one thread) instead of Python threads: on a 2-core machine the Python client's
+own CPU is a real share of what the server could have used, and every result says how much (`client_cpu`).
 """
 import itertools
+import json
+import resource
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +26,9 @@ class LoadResult:
     duration_s: float
     latencies_ms: list[float] = field(default_factory=list)  # successful requests
     statuses: dict[int, int] = field(default_factory=dict)
+    generator: str = "python"
+    client_cpu: float | None = None  # cores the load generator itself kept busy, on average
+    percentiles_ms: dict[float, float] | None = None  # wrk reports percentiles, not every latency
 
     @property
     def sent(self) -> int:
@@ -33,6 +43,8 @@ class LoadResult:
         return self.sent - self.ok
 
     def percentile(self, q: float) -> float | None:
+        if self.percentiles_ms is not None:
+            return self.percentiles_ms.get(q)
         return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict:
@@ -43,6 +55,7 @@ class LoadResult:
             "throughput_rps": round(self.ok / self.duration_s, 2) if self.duration_s else 0.0,
             "p50_ms": _round(self.percentile(0.5)), "p90_ms": _round(self.percentile(0.9)),
             "p99_ms": _round(self.percentile(0.99)), "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "generator": self.generator, "client_cpu": _round(self.client_cpu),
         }
 
 
@@ -96,14 +109,15 @@ def closed_loop(url: str, headers: dict, payloads: list[bytes], concurrency: int
             status = _post(session, url, headers, body, timeout)
             recorder.add(status, (time.perf_counter() - t0) * 1000)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return LoadResult("closed", concurrency, elapsed, recorder.latencies, recorder.statuses)
+    return LoadResult("closed", concurrency, elapsed, recorder.latencies, recorder.statuses,
+                      client_cpu=(time.process_time() - cpu) / elapsed)
 
 
 def open_loop(url: str, headers: dict, payloads: list[bytes], rate: float, duration_s: float,
@@ -118,7 +132,7 @@ def open_loop(url: str, headers: dict, payloads: list[bytes], rate: float, durat
         status = _post(session, url, headers, body, timeout)
         recorder.add(status, (time.perf_counter() - scheduled) * 1000)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=max_in_flight) as pool:
         for i in range(total):
             scheduled = start + i / rate
@@ -127,7 +141,70 @@ def open_loop(url: str, headers: dict, payloads: list[bytes], rate: float, durat
                 time.sleep(delay)
             pool.submit(send, scheduled, payloads[i % len(payloads)])
     elapsed = max(time.perf_counter() - start, duration_s)
-    return LoadResult("open", rate, elapsed, recorder.latencies, recorder.statuses)
+    return LoadResult("open", rate, elapsed, recorder.latencies, recorder.statuses,
+                      client_cpu=(time.process_time() - cpu) / elapsed)
+
+
+WRK_SCRIPT = r"""
+-- POST the payload files in turn with the given headers; print a JSON summary at the end
+local bodies, next_body = {}, 1
+function init(args)
+  for i = 1, #args do
+    local f = assert(io.open(args[i], "rb")); bodies[#bodies + 1] = f:read("*a"); f:close()
+  end
+end
+function request()
+  local body = bodies[next_body]; next_body = next_body % #bodies + 1
+  return wrk.format("POST", nil, nil, body)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('TSKIT {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50": %d, "p90": %d, "p99": %d}\n', summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99)))
+end
+"""
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def wrk_closed_loop(url: str, headers: dict, payloads: list[bytes], concurrency: int, duration_s: float,
+                    timeout: float = 30.0) -> LoadResult:
+    """The closed loop driven by `wrk` (Debian's package): one thread, `concurrency` keep-alive connections.
+    A non-2xx answer or a socket error counts as an error (status 0: wrk does not say which code it was)."""
+    if not wrk_available():
+        raise RuntimeError("wrk is not installed (Debian: apt-get install wrk); use the python generator")
+    with tempfile.TemporaryDirectory(prefix="tskit-wrk-") as tmp:
+        script = f"{tmp}/post.lua"
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT)
+        files = []
+        for i, body in enumerate(payloads):
+            files.append(f"{tmp}/body-{i}")
+            with open(files[-1], "wb") as f:
+                f.write(body)
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", f"--timeout={timeout:g}s",
+               "-s", script]
+        for key, value in {"Content-Type": "application/octet-stream", **headers}.items():
+            cmd += ["-H", f"{key}: {value}"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = subprocess.run(cmd + [url, "--", *files], capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((l for l in result.stdout.splitlines() if l.startswith("TSKIT ")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout[-500:]}")
+    summary = json.loads(line[len("TSKIT "):])
+    elapsed = summary["duration_us"] / 1e6
+    failed = summary["status"] + summary["connect"] + summary["read"] + summary["write"] + summary["timeout"]
+    statuses = {200: summary["requests"] - summary["status"]}
+    if failed:
+        statuses[0] = failed
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return LoadResult("closed", concurrency, elapsed, [], statuses, generator="wrk", client_cpu=cpu / elapsed,
+                      percentiles_ms={q: summary[k] / 1000 for q, k in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))})
 
 
 @dataclass
