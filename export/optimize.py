@@ -34,7 +34,7 @@ from export.views import make_views, read_photos
 logger = logging.getLogger(__name__)
 
 CONFIDENT = 0.5  # the reference's top-1 probability above which a view counts as confident
-CHUNK = 32  # views per forward pass while judging accuracy
+CHUNK = 8  # views per forward pass while judging accuracy (eager Lite0: 40 images/s at 8, 19 at 32, 2 threads)
 
 
 class NotSupported(ValueError):
@@ -183,35 +183,62 @@ def forward_rate(model, batch: torch.Tensor, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def parallel_rate(candidate: "Candidate", workers: int, threads: int, root: Path, batch_size: int, batch_file: Path,
-                  seconds: float, work: Path) -> float:
-    """Images/s of `workers` processes at once, each loading `candidate` on `threads` threads as a worker does:
-    what a server with that split gets (one process alone hides interference: OpenVINO pins every process's
-    thread to the same core by default, which halved two workers' throughput here)."""
+def parallel_rates(candidates: list["Candidate"], workers: int, threads: int, root: Path, batch_size: int,
+                   batches: dict[str, Path], seconds: float, work: Path) -> list[float]:
+    """Images/s of each candidate run by `workers` processes at once, each loading it on `threads` threads as a
+    worker does: what a server with that split gets (one process alone hides interference: OpenVINO pins every
+    process's thread to the same core by default, which halved two workers' throughput here). The processes
+    load one candidate at a time (two compiled engines in one process slow each other), then measure it, in
+    step."""
     import subprocess
     import sys
 
     spec = work / f"rate-{workers}x{threads}.json"
-    spec.write_text(json.dumps({"candidate": asdict(candidate), "threads": threads, "root": str(root),
-                                "batch_size": batch_size, "batch": str(batch_file), "seconds": seconds}))
-    procs = [subprocess.Popen([sys.executable, "-m", "export.optimize", str(spec)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    spec.write_text(json.dumps({"candidates": [asdict(c) for c in candidates], "threads": threads,
+                                "root": str(root), "batch_size": batch_size, "seconds": seconds,
+                                "batches": {k: str(v) for k, v in batches.items()}}))
+    procs = [subprocess.Popen([sys.executable, "-m", "export.optimize", str(spec)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    def ask(command: str) -> list[str]:
+        for proc in procs:
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        answers = [proc.stdout.readline().strip() for proc in procs]
+        if not all(answers):
+            raise RuntimeError(f"measuring speed failed:\n{procs[0].stderr.read()[-2000:]}")
+        return answers
+
     rates = []
-    for proc in procs:
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"measuring {candidate.name} failed:\n{err[-2000:]}")
-        rates.append(float(out.strip().splitlines()[-1]))
-    return sum(rates)
+    try:
+        for index in range(len(candidates)):
+            ask(f"load {index}")  # every process has it loaded before any measures
+            rates.append(sum(float(answer) for answer in ask("run")))
+    finally:
+        for proc in procs:
+            proc.stdin.close()
+            proc.wait()
+    return rates
 
 
 def _rate_main(spec_file: str) -> None:
-    """One worker-like process of `parallel_rate`: prints its images/s."""
+    """One worker-like process of `parallel_rates`: `load I` loads candidate I (dropping the one before) and
+    answers "loaded"; `run` measures it and answers its images/s; until stdin closes."""
+    import sys
+
     spec = json.loads(Path(spec_file).read_text())
-    fields = {k: v for k, v in spec["candidate"].items() if k in ("name", "engine", "precision", "files", "bf16_hint")}
-    candidate = Candidate(**fields)
-    model = engine(candidate, spec["threads"], Path(spec["root"]), spec["batch_size"])
-    print(forward_rate(model, torch.load(spec["batch"]), spec["seconds"]))
+    keep = ("name", "engine", "precision", "files", "bf16_hint")
+    candidates = [Candidate(**{k: v for k, v in c.items() if k in keep}) for c in spec["candidates"]]
+    batches = {k: torch.load(v) for k, v in spec["batches"].items()}
+    model = candidate = None
+    for line in sys.stdin:
+        if line.startswith("load "):
+            model = None
+            candidate = candidates[int(line.split()[1])]
+            model = engine(candidate, spec["threads"], Path(spec["root"]), spec["batch_size"])
+            print("loaded", flush=True)
+        else:
+            batch = batches["pixels" if candidate.pixels else "normalised"]
+            print(forward_rate(model, batch, spec["seconds"]), flush=True)
 
 
 # ---- candidates ---------------------------------------------------------------------------------------
@@ -458,6 +485,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
                                str(root / archiver["modelFile"]) if archiver.get("modelFile") else None,
                                reference_pre.model_format, torch.device("cpu"), reference_pre.config["model_class"] or None)
     reference_logits = forward_all(reference, preprocessed(reference_pre, payloads))
+    log("reference answers computed (fp32, full decoding)")
     inputs = Inputs(archive_handler(root, batch_size, precision="fp32"), payloads)
     example = inputs.normalised[:2]
     mean, std = inputs.handler.config["mean"], inputs.handler.config["std"]
@@ -479,6 +507,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
         candidates += [Candidate(n, "openvino", "-", verdict=f"skipped: {missing}") for n in openvino_names[:-1]]
     else:
         ir = openvino_ir(onnx if onnx is not None else reference, example, mean, std, work / f"{name}.xml")
+        log("exported to ONNX and OpenVINO IR")
         bf16 = native_bf16()
         no_bf16 = "" if bf16 else "skipped: this CPU has no native bf16"
         candidates += [Candidate("openvino fp32", "openvino", "fp32", [str(ir)]),
@@ -523,14 +552,16 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
         candidates.append(controlled)
         judge(controlled)
 
-    for candidate in candidates:
-        if candidate.verdict != "passes":
-            continue
-        batch_file = work / "rate-batch.pt"
-        torch.save(inputs.of(candidate)[:batch_size].clone(), batch_file)
-        for workers, threads in worker_splits(cores):
-            candidate.rates[f"{workers}x{threads}"] = parallel_rate(candidate, workers, threads, root, batch_size,
-                                                                  batch_file, seconds, work)
+    passing = [c for c in candidates if c.verdict == "passes"]
+    batches = {}
+    for kind in ("normalised", "pixels"):
+        batches[kind] = work / f"rate-{kind}.pt"
+        torch.save(getattr(inputs, kind)[:batch_size].clone(), batches[kind])
+    for workers, threads in worker_splits(cores):
+        for candidate, rate in zip(passing, parallel_rates(passing, workers, threads, root, batch_size, batches,
+                                                           seconds, work)):
+            candidate.rates[f"{workers}x{threads}"] = rate
+    for candidate in passing:
         log(f"{candidate.name}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in candidate.rates.items()))
 
     report = Report(Path(mar).name, cpu, batch_size, cores, len(photos), len({v.photo for v in all_views if v.held_out}),

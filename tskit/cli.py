@@ -112,12 +112,19 @@ def cmd_bench(args) -> int:
 
 def cmd_optimize(args) -> int:
     """The fastest engine on this machine that passes the accuracy guard, written as an archive."""
+    import time
+
     from export.optimize import optimize_archive
+
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="tskit-optimize-") as tmp:
         result = optimize_archive(args.archive, args.calibration, args.export_path, Path(tmp), args.min_agreement,
                                   args.min_top5, args.views, args.cores, args.seconds, args.version,
-                                  [c for c in (args.only or "").split(",") if c] or None, log=print)
+                                  [c for c in (args.only or "").split(",") if c] or None, log=log)
     print(result.report.table())
     if result.archive is None:
         print("no candidate passes the guard: nothing written", file=sys.stderr)
