@@ -75,8 +75,11 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, fmt: str, out_di
 
         path = out / f"{name}.xml"
         shape = ov.PartialShape([-1, *example.shape[1:]])  # a dynamic batch axis, like the other formats
-        ov.save_model(ov.convert_model(model, example_input=example, input=[shape]), str(path),
-                      compress_to_fp16=False)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the converter traces at the example's shape
+            warnings.simplefilter("ignore", FutureWarning)
+            converted = ov.convert_model(model, example_input=example, input=[shape])
+        ov.save_model(converted, str(path), compress_to_fp16=False)
         return Exported(fmt, path)
     from torch._inductor import aoti_compile_and_package
 

@@ -94,3 +94,30 @@ def user_archives(tmp_path_factory):
     work = tmp_path_factory.mktemp("user-archives")
     torchscript = export_default("torchscript", work).serialized_file
     return build_user_archives(work / "model_store", work, torchscript)
+
+
+@pytest.fixture(scope="session")
+def calibration_photos(photos, tmp_path_factory):
+    """The six sample photos in a folder, as a user's `tskit optimize --calibration` folder."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("calibration")
+    for name, path in photos.items():
+        shutil.copy(path, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def optimized(format_archives, calibration_photos, tmp_path_factory):
+    """`tskit optimize` on the default model's ONNX archive (what `make serve` builds), through the real CLI:
+    (its output, the optimized archive). The fewest views the guard takes and short speed runs; two candidates."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("optimized")
+    result = subprocess.run([sys.executable, "-m", "tskit.cli", "optimize", str(format_archives["onnx"]),
+                             "--calibration", str(calibration_photos), "--export-path", str(out), "--views", "500",
+                             "--seconds", "0.3", "--only", "openvino fp32,openvino int8"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, out / "lite0_onnx.mar"

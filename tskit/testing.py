@@ -19,7 +19,14 @@ from pathlib import Path
 from export.inprocess import (  # noqa: F401  (the public API)
     load_archive_handler, load_handler, make_context, run_batch, run_envelope, unpack_archive,
 )
+from export.golden import compare
 from tskit.stand_in import stand_in_request  # noqa: F401  (public: a request the stand-in of a task answers)
+
+
+def assert_same_answer(expected, actual, atol: float = 1e-5) -> None:
+    """Fail with the differences, one per line, unless the two answers agree within `atol`."""
+    differences = compare(expected, actual, atol)
+    assert not differences, "answers differ:\n" + "\n".join(differences[:10])
 
 
 def stand_in_archive(handler_file: str | Path, task: str, work_dir: str | Path, config: str | Path | None = None,

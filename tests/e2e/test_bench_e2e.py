@@ -23,7 +23,7 @@ def test_bench_compare_produces_rows_split_and_reports(bench_archives, tmp_path)
                           "--batch", "4", "--delay", "10", "--concurrency", "4", "--rate", "4", "--duration", "4",
                           "--warmup", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]
-    assert "closed 4:" in cli.stderr  # progress is visible while it runs
+    assert "] closed 4 (" in cli.stderr  # progress is visible while it runs
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     assert [(r["archive"], r["mode"]) for r in rows] == [
