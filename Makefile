@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := $(VENV)/.tools
+BUILD := build
+FP32_MAR := $(BUILD)/efficientnet_lite0.mar
 DEFAULT_MAR := model_store/efficientnet_lite0.mar
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get install -y -q --no-install-recommends wrk prometheus >/dev/null
 SOURCES := $(wildcard handlers/*.py export/*.py export/zoo/*.py) config/efficientnet_lite0.yaml
 
-.PHONY: install archives samples serve stop status test clean
+.PHONY: install tools archives samples serve stop status test clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +21,24 @@ $(STAMP): requirements.txt setup.py
 
 install: $(STAMP)
 
-$(DEFAULT_MAR): $(STAMP) $(SOURCES)
-	$(BIN)/tskit build-default --format onnx --export-path model_store
+# the native tools the tests drive: wrk (tskit bench --generator wrk) and promtool (the alert rules), from Debian
+$(TOOLS):
+	@mkdir -p $(VENV)
+	@command -v wrk >/dev/null && command -v promtool >/dev/null || $(APT_INSTALL) || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL); }
+	touch $@
+
+tools: $(TOOLS)
+
+$(FP32_MAR): $(STAMP) $(SOURCES)
+	$(BIN)/tskit build-default --format onnx --export-path $(BUILD)
+
+$(BUILD)/calibration: $(STAMP)
+	$(BIN)/tskit samples --out samples --calibration $@ >/dev/null
+
+# the fastest engine and decoder on this machine that passes the accuracy guard (docs/performance.md)
+$(DEFAULT_MAR): $(FP32_MAR) $(BUILD)/calibration
+	$(BIN)/tskit optimize $(FP32_MAR) --calibration $(BUILD)/calibration --export-path model_store
 
 archives: $(DEFAULT_MAR)
 
@@ -33,8 +54,8 @@ stop: $(STAMP)
 status: $(STAMP)
 	$(BIN)/tskit status
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS)
 	$(BIN)/python -m pytest tests
 
 clean:
-	rm -rf model_store/*.mar samples logs key_file.json .pytest_cache
+	rm -rf model_store/*.mar $(BUILD) samples logs key_file.json .pytest_cache

@@ -21,15 +21,17 @@ def test_bench_compare_produces_rows_split_and_reports(bench_archives, tmp_path)
     out = tmp_path / "bench"
     cli = subprocess.run([sys.executable, "-m", "tskit.cli", "bench", str(stock), str(ours), "--workers", "1",
                           "--batch", "4", "--delay", "10", "--concurrency", "4", "--rate", "4", "--duration", "4",
-                          "--warmup", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--warmup", "1", "--generator", "wrk", "--out", str(out)], capture_output=True, text=True,
+                         timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]
-    assert "] closed 4 (" in cli.stderr  # progress is visible while it runs
+    assert "] closed 4 (wrk, client CPU" in cli.stderr  # progress is visible while it runs
     report = json.loads((out / "bench.json").read_text())
     rows = report["rows"]
     assert [(r["archive"], r["mode"]) for r in rows] == [
         (stock.stem, "closed"), (stock.stem, "open"), (ours.stem, "closed"), (ours.stem, "open")]
+    assert [r["generator"] for r in rows] == ["wrk", "python", "wrk", "python"]  # the open loop is Python's
     for row in rows:
-        assert row["errors"] == 0 and row["ok"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert row["errors"] == 0 and row["ok"] > 0 and row["p50_ms"] <= row["p99_ms"] and row["client_cpu"] >= 0
         assert row["server"]["queue_ms"] is not None
     ours_closed = rows[2]["server"]
     assert ours_closed["inference_ms_per_batch"] > 0 and 1 <= ours_closed["avg_batch_size"] <= 4

@@ -137,3 +137,32 @@ def test_other_handlers_are_not_supported_yet(tabular_mar, calibration_photos, t
 def test_refused_and_skipped_candidates_are_never_chosen():
     c = Candidate("openvino int8", "openvino", "int8", verdict="refused: top-5 containment 98.0% < 99.0%")
     assert c.best is None and c.pixels
+
+
+def test_an_over_aggressive_resize_shortcut_is_refused_with_its_agreement(format_archives, calibration_photos,
+                                                                          tmp_path):
+    """A real shortcut on real views: decoding at 1/8 scale (what a JPEG DCT-scaled decode to the smallest size
+    would give) and scaling back up. The guard refuses it and says by how much it missed."""
+    import io
+
+    from PIL import Image
+
+    from export.optimize import archive_handler, forward_all, preprocessed
+    from export.views import make_views, read_photos
+
+    views = make_views(read_photos(calibration_photos), 500)
+    handler = archive_handler(unpack_archive(format_archives["onnx"], tmp_path / "onnx"), 8, precision="fp32")
+
+    def eighth(payload: bytes) -> bytes:
+        image = Image.open(io.BytesIO(payload)).convert("RGB")
+        small = image.reduce(8)
+        out = io.BytesIO()
+        small.resize(image.size, Image.NEAREST).save(out, format="PNG")
+        return out.getvalue()
+
+    reference = forward_all(handler.model, preprocessed(handler, [v.payload for v in views]))
+    shortcut = forward_all(handler.model, preprocessed(handler, [eighth(v.payload) for v in views]))
+    result = guard(reference, shortcut, np.array([v.held_out for v in views]))
+    refusal = result.refusal(0.99, 0.99)
+    assert refusal is not None and "%" in refusal, result
+    assert result.overall < 0.9 and result.views >= 500
