@@ -6,7 +6,7 @@ from importlib import metadata
 from pathlib import Path
 
 from export.golden import TOLERANCE
-from export.reference import compute_reference
+from export.reference import reference_cases
 from export.replay import replay
 from handlers.drift import REFERENCE_NAME
 from handlers.integrity import MANIFEST_NAME, file_hashes
@@ -26,11 +26,10 @@ def environment() -> dict[str, str | None]:
     return env
 
 
-def add_reference(mar: Path, unpacked: Path, inputs: list, work_dir: Path) -> dict | None:
-    """Compute the drift reference of `inputs` with the archive's own handler and add it to the archive; without
-    inputs, describe the reference the archive already carries (one an optimized archive inherits), if any."""
-    if inputs:
-        stats = compute_reference(unpacked, inputs, work_dir)
+def add_reference(mar: Path, unpacked: Path, stats: dict | None) -> dict | None:
+    """Add the drift reference `stats` (computed by the archive's own handler) to the archive; without them,
+    describe the reference the archive already carries (one an optimized archive inherits), if any."""
+    if stats:
         text = json.dumps(stats, indent=1)
         (unpacked / REFERENCE_NAME).write_text(text)
         with zipfile.ZipFile(mar, "a", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -45,12 +44,16 @@ def add_reference(mar: Path, unpacked: Path, inputs: list, work_dir: Path) -> di
 
 def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, reference_inputs: list = (),
                  requirements: list[str] = (), user_handler: dict | None = None, extra: dict | None = None) -> dict:
-    """Add the drift reference (if reference inputs are given), hash every file of the built archive,
-    replay its golden inputs through its own handler, and add the manifest to the archive. Returns the
+    """Run the archive's own handler, in one fresh Python, on its golden inputs (their answers go into the
+    manifest) and its reference inputs (their drift statistics go into the archive), hash every file of the
+    built archive, and add the manifest to the archive. Returns the
     manifest. `requirements` are checked where the archive is served; `user_handler` ({module, class_name,
     kind}) describes a user's handler file; `extra` adds sections (`tskit optimize`'s report)."""
     unpacked = unpack_archive(mar, work_dir / "unpacked")
-    reference = add_reference(mar, unpacked, list(reference_inputs), work_dir)
+    cases = [{"input": f"golden/{g.name}", "content_type": g.content_type} for g in golden]
+    references = reference_cases(list(reference_inputs), work_dir) if reference_inputs else None
+    out = replay(unpacked, cases, work_dir, references) if cases or references else None
+    reference = add_reference(mar, unpacked, out and out["reference"])
     info = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
     model_file = info.get("modelFile")
     fmt = detect_format(str(unpacked / info["serializedFile"]), str(unpacked / model_file) if model_file else None)
@@ -67,9 +70,7 @@ def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, referenc
         "reference": reference,
         **(extra or {}),
     }
-    if golden:
-        cases = [{"input": f"golden/{g.name}", "content_type": g.content_type} for g in golden]
-        out = replay(unpacked, cases, work_dir)
+    if cases:
         for case, (status, body) in zip(cases, out["results"]):
             if status != 200:
                 raise RuntimeError(f"golden input {case['input']} was refused at build time ({status}): {body}")

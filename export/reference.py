@@ -2,17 +2,12 @@
 
 The inputs go through the handler's `preprocess` and `inference`, exactly as requests do, so the
 statistics (`handlers.drift.reference_stats` of `drift_rows`) describe the preprocessed representation the
-model sees. The result is stored in the archive as `tskit-reference.json` and hashed by its manifest.
-
-    python -m export.reference MODEL_DIR CASES.json OUT.json
-CASES.json: [{"input": "/path/of/payload", "content_type": "image/jpeg"}, ...]
+model sees. The result is stored in the archive as `tskit-reference.json` and hashed by its manifest. It is
+computed in the same fresh Python as the golden answers (`export.replay`): one handler load per build.
 """
-import json
-import sys
 from pathlib import Path
 
 from export.golden import GoldenInput, inputs_from_files
-from export.replay import run_in_fresh_python
 
 BATCH = 16  # requests per handler batch while computing the reference
 
@@ -30,8 +25,8 @@ def read_reference_inputs(path: str | Path) -> list[GoldenInput]:
     return inputs_from_files([path])
 
 
-def compute_reference(model_dir: str | Path, inputs: list[GoldenInput], work_dir: str | Path) -> dict:
-    """Reference statistics of `inputs` through the unpacked archive at `model_dir`."""
+def reference_cases(inputs: list[GoldenInput], work_dir: str | Path) -> list[dict]:
+    """The reference inputs as files under `work_dir`, as cases for `export.replay.replay(reference=...)`."""
     folder = Path(work_dir) / "reference-inputs"
     folder.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -39,20 +34,16 @@ def compute_reference(model_dir: str | Path, inputs: list[GoldenInput], work_dir
         path = folder / f"{i:05d}"
         path.write_bytes(item.payload)
         cases.append({"input": str(path.resolve()), "name": item.name, "content_type": item.content_type})
-    return run_in_fresh_python("export.reference", model_dir, cases, work_dir)
+    return cases
 
 
-def _main(model_dir: str, cases_file: str, out_file: str) -> None:
-    root = Path(model_dir).resolve()
-    sys.path.insert(0, str(root))  # the archive's handlers package wins over any installed one
+def reference_of(handler, cases: list[dict]) -> dict:
+    """Reference statistics of `cases` through a loaded handler; ValueError names the input it refused."""
     import numpy as np
 
     from export.golden import as_request
     from handlers.drift import reference_stats
-    from export.inprocess import handler_class, load_handler
 
-    handler = load_handler(handler_class(root), root)
-    cases = json.loads(Path(cases_file).read_text())
     names, chunks = None, []
     for start in range(0, len(cases), BATCH):
         chunk = cases[start:start + BATCH]
@@ -62,16 +53,13 @@ def _main(model_dir: str, cases_file: str, out_file: str) -> None:
         for k in range(len(chunk)):
             if state.answered[k]:
                 refusal = state.answers[k]
-                sys.exit(f"reference input {chunk[k]['name']} was refused ({refusal['code']}): {refusal['message']}")
+                raise ValueError(f"reference input {chunk[k]['name']} was refused ({refusal['code']}): "
+                                 f"{refusal['message']}")
         rows = handler.drift_rows(inputs, handler.inference(inputs))
         if rows is None:
-            sys.exit(f"{type(handler).__name__} describes no drift features: build without reference inputs")
+            raise ValueError(f"{type(handler).__name__} describes no drift features: build without reference inputs")
         names, values = rows
         chunks.append(values)
     stats = reference_stats(np.concatenate(chunks), names)
     stats["inputs"] = len(cases)
-    Path(out_file).write_text(json.dumps(stats))
-
-
-if __name__ == "__main__":
-    _main(*sys.argv[1:4])
+    return stats

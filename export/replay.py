@@ -3,9 +3,11 @@
 `tskit build` uses it to compute golden outputs and `tskit verify` to reproduce them: both exercise
 exactly the code inside the archive (the `handlers` package it bundles), not this checkout's.
 
-    python -m export.replay MODEL_DIR CASES.json OUT.json
-CASES.json: [{"input": "golden/x.jpg", "content_type": "image/jpeg"}, ...]
-OUT.json:   {"precision": "fp32", "model_format": "eager", "results": [[status, body], ...]}
+    python -m export.replay MODEL_DIR JOB.json OUT.json
+JOB.json:   {"golden": [{"input": "golden/x.jpg", "content_type": "image/jpeg"}, ...],
+             "reference": [{"input": "/path/of/payload", "name": ..., "content_type": ...}, ...] or null}
+OUT.json:   {"precision": "fp32", "model_format": "eager", "results": [[status, body], ...],
+             "reference": drift reference statistics (export/reference.py) or null}
 """
 import json
 import subprocess
@@ -13,39 +15,40 @@ import sys
 from pathlib import Path
 
 
-def run_in_fresh_python(module: str, model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> dict:
-    """`python -m MODULE MODEL_DIR CASES.json OUT.json` in a new interpreter; returns OUT.json."""
+def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path, reference: list[dict] | None = None) -> dict:
+    """The golden `cases` (and the drift `reference` cases, if any) through the archive at `model_dir`, in a new
+    interpreter that loads its handler once; returns OUT.json."""
     work = Path(work_dir)
-    stem = module.rsplit(".", 1)[-1]
-    cases_file, out_file = work / f"{stem}-cases.json", work / f"{stem}-out.json"
-    cases_file.write_text(json.dumps(cases))
-    result = subprocess.run([sys.executable, "-m", module, str(model_dir), str(cases_file), str(out_file)],
+    job_file, out_file = work / "replay-job.json", work / "replay-out.json"
+    job_file.write_text(json.dumps({"golden": cases, "reference": reference}))
+    result = subprocess.run([sys.executable, "-m", "export.replay", str(model_dir), str(job_file), str(out_file)],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"running the archive's handler ({module}) failed:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"running the archive's handler failed:\n{result.stderr[-4000:]}")
     return json.loads(out_file.read_text())
 
 
-def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path) -> dict:
-    return run_in_fresh_python("export.replay", model_dir, cases, work_dir)
-
-
-def _main(model_dir: str, cases_file: str, out_file: str) -> None:
+def _main(model_dir: str, job_file: str, out_file: str) -> None:
     root = Path(model_dir).resolve()
     sys.path.insert(0, str(root))  # the archive's handlers package wins over any installed one
     from export.golden import as_request
     from export.inprocess import handler_class, load_handler, run_batch
+    from export.reference import reference_of
 
     handler = load_handler(handler_class(root), root)
-    cases = json.loads(Path(cases_file).read_text())
+    job = json.loads(Path(job_file).read_text())
+    try:
+        reference = reference_of(handler, job["reference"]) if job["reference"] else None
+    except ValueError as err:
+        sys.exit(str(err))
     results = []
-    for case in cases:  # one request per batch: golden answers must not depend on batch neighbours
+    for case in job["golden"]:  # one request per batch: golden answers must not depend on batch neighbours
         payload = (root / case["input"]).read_bytes()
         results += run_batch(handler, [as_request(payload, case["content_type"])])
     # a handler written against TorchServe's own classes has no precision policy: it runs as loaded (fp32)
     Path(out_file).write_text(json.dumps({"precision": getattr(handler, "precision", "fp32"),
                                           "model_format": getattr(handler, "model_format", type(handler).__name__),
-                                          "results": results}))
+                                          "results": results, "reference": reference}))
 
 
 if __name__ == "__main__":
