@@ -21,7 +21,6 @@ workers), sealed with golden answers from the new engine and the whole report in
 """
 import json
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,22 +145,6 @@ class Report:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def cpu_info() -> dict:
-    """The CPU model and the flags that decide which kernels are fast."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-    return {"model": model, "flags": [f for f in wanted if f in flags]}
 
 
 def forward_all(model, tensors: torch.Tensor) -> torch.Tensor:
@@ -454,7 +437,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     from handlers.drift import REFERENCE_NAME
     from handlers.explain import load_explainer
     from handlers.integrity import read_manifest
-    from handlers.runtime import usable_cores
+    from handlers.runtime import cpu_info, usable_cores
 
     import yaml
 

@@ -27,6 +27,24 @@ def cpu_has_fast_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
+def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
+    """The CPU model and the flags that decide which kernels are fast: what every measurement is labelled with."""
+    import platform
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open(cpuinfo_path) as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+    return {"model": model, "flags": [f for f in wanted if f in flags], "cores": usable_cores()}
+
+
 def resolve_precision(requested: str, device: torch.device, fast_bf16: bool | None = None) -> str:
     """`auto` means fp16 on CUDA and fp32 on the CPU: a reduced CPU precision is what `tskit optimize` picks
     for an archive after measuring it against the accuracy guard, never a guess from a CPU flag.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.variants import derive_archive
+from handlers.runtime import cpu_info
 from tskit.client import parse_prometheus
 from tskit.loadgen import closed_loop, open_loop, wrk_closed_loop
 from tskit.properties import serve_overrides
@@ -185,8 +186,10 @@ def plot(rows: list[dict], path: Path) -> None:
 def write_reports(rows: list[dict], out_dir: Path, extra: dict | None = None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "png": out_dir / "bench.png"}
-    paths["json"].write_text(json.dumps({"rows": rows, **(extra or {})}, indent=1))
-    text = markdown_table(rows)
+    cpu = cpu_info()
+    paths["json"].write_text(json.dumps({"cpu": cpu, "rows": rows, **(extra or {})}, indent=1))
+    text = f"Measured on {cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['flags']) or 'no AVX-512/AMX'})\n\n"
+    text += markdown_table(rows)
     if extra and "compare" in extra:
         c = extra["compare"]
         text += (f"\n{c['candidate']} / {c['baseline']}: {c['ratio']}x the throughput "

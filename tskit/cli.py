@@ -113,9 +113,12 @@ def cmd_bench(args) -> int:
 def cmd_optimize(args) -> int:
     """The fastest engine on this machine that passes the accuracy guard, written as an archive."""
     import time
+    import warnings
 
     from export.optimize import optimize_archive
 
+    # OpenVINO 2026.4's torch frontend probes a torch._dynamo setting that torch 2.14 deprecated: noise, not news
+    warnings.filterwarnings("ignore", message="torch._dynamo.config.inline_inbuilt_nn_modules", category=FutureWarning)
     start = time.perf_counter()
 
     def log(message: str) -> None:

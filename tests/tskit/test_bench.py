@@ -63,9 +63,11 @@ def test_compare_takes_each_archives_best_error_free_run():
 
 def test_reports_are_written(tmp_path):
     paths = write_reports(rows(), tmp_path, {"compare": compare_summary(rows(), "stock", "ours")})
-    assert json.loads(paths["json"].read_text())["compare"]["ratio"] == 4.0
+    report = json.loads(paths["json"].read_text())
+    assert report["compare"]["ratio"] == 4.0 and report["cpu"]["model"] and report["cpu"]["cores"] >= 1
     table = paths["markdown"].read_text()
-    assert table.count("\n| ") == 5 and "4.0x the throughput" in table
+    assert table.startswith(f"Measured on {report['cpu']['model']} (")  # every figure with its CPU
+    assert table.count("\n| ") == 6 and "4.0x the throughput" in table
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert markdown_table(rows()).splitlines()[1].startswith("| --- |")
 
