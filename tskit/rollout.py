@@ -61,6 +61,7 @@ class ReplayReport:
     old_stats: VersionStats
     new_stats: VersionStats
     disagreements: list[str]
+    unsure: int = 0  # of `agreed`: answers the serving version was unsure of, found in the new top-k
 
     @property
     def agreement(self) -> float:
@@ -80,7 +81,9 @@ class ReplayReport:
         return reasons
 
     def summary(self) -> str:
-        return (f"{self.model}: {self.agreed}/{self.samples} top-1 agree ({self.agreement:.1%}); p50 "
+        unsure = (f"; {self.unsure} of them unsure answers (p < {UNSURE}) whose top-1 is in the new version's "
+                  "top-k" if self.unsure else "")
+        return (f"{self.model}: {self.agreed}/{self.samples} top-1 agree ({self.agreement:.1%}{unsure}); p50 "
                 f"{self.old} {self.old_stats.p50_ms:.1f} ms, {self.new} {self.new_stats.p50_ms:.1f} ms; errors "
                 f"{self.old} {len(self.old_stats.errors)}, {self.new} {len(self.new_stats.errors)}")
 
@@ -100,23 +103,42 @@ def _ask(client: TorchServeClient, model: str, version: str, sample: GoldenInput
     return response.json()
 
 
+UNSURE = 0.5  # a top-1 probability under this is an answer the model itself is unsure of
+
+
+def agreement_of(before, after) -> str | None:
+    """How the new answer agrees with the serving one: "same" top-1; "unsure" when the serving version's
+    `{label: probability}` answer put its top-1 under UNSURE and the new answer still lists it (the accuracy
+    guard's rule: such views flip between equally good engines for no user-visible loss); None if it does not."""
+    if before is None or after is None:
+        return None
+    if top1(before) == top1(after):
+        return "same"
+    scores = before if isinstance(before, dict) and "label" not in before else None
+    if scores and all(isinstance(v, (int, float)) for v in scores.values()) and isinstance(after, dict):
+        label, probability = next(iter(scores.items()))
+        if probability < UNSURE and label in after:
+            return "unsure"
+    return None
+
+
 def replay_versions(client: TorchServeClient, model: str, old: str, new: str, samples: list[GoldenInput],
                     rounds: int = 3) -> ReplayReport:
     """Every sample through both versions, `rounds` times each (latency is the median of all calls);
     agreement is judged on the first round's answers."""
     old_stats, new_stats = VersionStats(), VersionStats()
-    agreed, disagreements = 0, []
+    verdicts, disagreements = [], []
     for round_ in range(rounds):
         for sample in samples:
             before = _ask(client, model, old, sample, old_stats)
             after = _ask(client, model, new, sample, new_stats)
             if round_:
                 continue
-            if before is not None and after is not None and top1(before) == top1(after):
-                agreed += 1
-            else:
+            verdicts.append(agreement_of(before, after))
+            if verdicts[-1] is None:
                 disagreements.append(f"{sample.name}: {old} -> {top1(before)!r}, {new} -> {top1(after)!r}")
-    return ReplayReport(model, old, new, len(samples), agreed, old_stats, new_stats, disagreements)
+    return ReplayReport(model, old, new, len(samples), sum(v is not None for v in verdicts), old_stats, new_stats,
+                        disagreements, verdicts.count("unsure"))
 
 
 # ---- versions and history ----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 import pytest
 
 from export.golden import inputs_from_files, top1
-from tskit.rollout import ReplayReport, VersionStats, archive_samples, read_history, stage_in_store, write_history
+from tskit.rollout import (ReplayReport, VersionStats, agreement_of, archive_samples, read_history, stage_in_store,
+                           write_history)
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -15,6 +16,18 @@ from tskit.rollout import ReplayReport, VersionStats, archive_samples, read_hist
 ])
 def test_top1_reads_every_handler_answer(answer, expected):
     assert top1(answer) == expected
+
+
+@pytest.mark.parametrize("before, after, expected", [
+    ({"espresso": 0.9, "cup": 0.05}, {"espresso": 0.8, "cup": 0.1}, "same"),
+    ({"espresso": 0.9, "cup": 0.05}, {"cup": 0.6, "espresso": 0.3}, None),  # a confident answer flipped
+    ({"academic gown": 0.22, "mortarboard": 0.2}, {"mortarboard": 0.23, "academic gown": 0.2}, "unsure"),
+    ({"academic gown": 0.22, "mortarboard": 0.2}, {"mortarboard": 0.5, "lab coat": 0.2}, None),  # gone from top-k
+    ([{"label": "cat", "score": 0.3}], [{"label": "dog", "score": 0.3}], None),  # not a {label: p} answer
+    ({"espresso": 0.9}, None, None),  # the new version failed
+])
+def test_agreement_is_the_guards_rule(before, after, expected):
+    assert agreement_of(before, after) == expected
 
 
 def report(agreed=10, samples=10, old_ms=(10.0,), new_ms=(12.0,), new_errors=()):
