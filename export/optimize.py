@@ -103,6 +103,16 @@ class Decoder:
     verdict: str = ""
 
 
+ACCURACY_COLUMNS = "overall | (a) confident | held-out (a) | (b) top-5 | chosen or why not |"
+
+
+def accuracy_cells(g: "GuardResult | None") -> list[str]:
+    if g is None:
+        return ["-"] * 4
+    return [f"{g.overall:.1%}", f"{g.confident:.1%} of {g.confident_views}", f"{g.held_out_confident:.1%}",
+            f"{g.top5:.1%}"]
+
+
 @dataclass
 class Report:
     archive: str
@@ -119,28 +129,25 @@ class Report:
     decoder: str | None = None  # the chosen one
 
     def table(self) -> str:
-        lines = [f"tskit optimize {self.archive} on {self.cpu['model']} ({self.cores} cores; {', '.join(self.cpu['flags']) or 'no AVX-512/AMX'})",
-                 f"guard: {self.candidates[0].guard.views if self.candidates and self.candidates[0].guard else 0} "
-                 f"views of {self.photos} photos ({self.held_out_photos} held out of calibration); (a) confident "
-                 f"top-1 agreement >= {self.min_confident:.0%}, (b) reference top-1 in top-5 >= {self.min_top5:.0%}",
-                 "| candidate | forward images/s, batch {} (workers x threads) | overall | (a) confident | held-out (a) | (b) top-5 | chosen or why not |".format(self.batch_size),
+        flags = ", ".join(self.cpu["flags"]) or "no AVX-512/AMX"
+        views = self.candidates[0].guard.views if self.candidates and self.candidates[0].guard else 0
+        lines = [f"tskit optimize {self.archive} on {self.cpu['model']} ({self.cores} cores; {flags})",
+                 f"guard: {views} views of {self.photos} photos ({self.held_out_photos} held out of calibration); "
+                 f"(a) confident top-1 agreement >= {self.min_confident:.0%}, (b) reference top-1 in top-5 >= "
+                 f"{self.min_top5:.0%}",
+                 f"| candidate | forward images/s, batch {self.batch_size} (workers x threads) | " + ACCURACY_COLUMNS,
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for c in self.candidates:
             best = c.best
-            speed = (f"{best[1]:.0f} ({best[0]})" + "".join(f"; {k}: {v:.0f}" for k, v in c.rates.items() if k != best[0])
-                     if best else "-")
-            g = c.guard
-            acc = [f"{g.overall:.1%}", f"{g.confident:.1%} of {g.confident_views}", f"{g.held_out_confident:.1%}",
-                   f"{g.top5:.1%}"] if g else ["-"] * 4
-            lines.append(f"| {c.name} | {speed} | " + " | ".join(acc) + f" | {c.verdict} |")
+            others = "".join(f"; {k}: {v:.0f}" for k, v in c.rates.items() if best and k != best[0])
+            speed = f"{best[1]:.0f} ({best[0]}){others}" if best else "-"
+            lines.append(f"| {c.name} | {speed} | " + " | ".join(accuracy_cells(c.guard)) + f" | {c.verdict} |")
         if self.decoders:
-            lines += ["", f"| preprocessing, with {self.chosen} | ms per image (one core) | overall | (a) confident | "
-                          "held-out (a) | (b) top-5 | chosen or why not |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines += ["", f"| preprocessing, with {self.chosen} | ms per image (one core) | " + ACCURACY_COLUMNS,
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
             for d in self.decoders:
-                g = d.guard
-                acc = [f"{g.overall:.1%}", f"{g.confident:.1%} of {g.confident_views}", f"{g.held_out_confident:.1%}",
-                       f"{g.top5:.1%}"] if g else ["-"] * 4
-                lines.append(f"| decoder {d.name} | {d.ms_per_image:.2f} | " + " | ".join(acc) + f" | {d.verdict} |")
+                cells = " | ".join(accuracy_cells(d.guard))
+                lines.append(f"| decoder {d.name} | {d.ms_per_image:.2f} | {cells} | {d.verdict} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -388,7 +395,8 @@ def judge_decoders(winner: Candidate, inputs: "Inputs", reference_logits: torch.
     best = min((r for r in rows if r.verdict == "passes"), key=lambda r: r.ms_per_image)
     for r in rows:
         if r.verdict == "passes":
-            r.verdict = "chosen" if r is best else f"passes, slower ({r.ms_per_image:.2f} vs {best.ms_per_image:.2f} ms)"
+            slower = f"passes, slower ({r.ms_per_image:.2f} vs {best.ms_per_image:.2f} ms)"
+            r.verdict = "chosen" if r is best else slower
     for r in rows:
         log(f"decoder {r.name}: {r.ms_per_image:.2f} ms/image, {r.verdict}")
     return rows
@@ -459,14 +467,15 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     all_views = make_views(photos, views)
     held_out = np.array([v.held_out for v in all_views])
     payloads = [v.payload for v in all_views]
-    log(f"{len(all_views)} views of {len(photos)} photos, {len(set(v.photo for v in all_views if v.held_out))} "
-        "held out of calibration")
+    held_out_photos = len({v.photo for v in all_views if v.held_out})
+    log(f"{len(all_views)} views of {len(photos)} photos, {held_out_photos} held out of calibration")
 
     torch.set_num_threads(cores)
     reference_pre = archive_handler(root, batch_size, precision="fp32", fast_decode=False)
     reference = load_explainer(str(root), str(root / archiver["serializedFile"]),
                                str(root / archiver["modelFile"]) if archiver.get("modelFile") else None,
-                               reference_pre.model_format, torch.device("cpu"), reference_pre.config["model_class"] or None)
+                               reference_pre.model_format, torch.device("cpu"),
+                               reference_pre.config["model_class"] or None)
     reference_logits = forward_all(reference, preprocessed(reference_pre, payloads))
     log("reference answers computed (fp32, full decoding)")
     inputs = Inputs(archive_handler(root, batch_size, precision="fp32"), payloads)
@@ -547,8 +556,8 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     for candidate in passing:
         log(f"{candidate.name}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in candidate.rates.items()))
 
-    report = Report(Path(mar).name, cpu, batch_size, cores, len(photos), len({v.photo for v in all_views if v.held_out}),
-                    candidates, None, min_confident, min_top5)
+    report = Report(Path(mar).name, cpu, batch_size, cores, len(photos), held_out_photos, candidates, None,
+                    min_confident, min_top5)
     passing = [c for c in candidates if c.verdict == "passes"]
     if not passing:
         return Optimized(report, None)

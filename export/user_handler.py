@@ -107,9 +107,8 @@ def _import_hint(err: ImportError, module: str) -> str:
 
 def _main(bundle: str, module: str, out_file: str) -> None:
     sys.path.insert(0, str(Path(bundle).resolve()))  # the bundled library wins over an installed one
-    from ts.torch_handler.base_handler import BaseHandler
-
     from handlers.base import TskitHandler
+    from handlers.torchserve import BaseHandler
 
     try:
         imported = importlib.import_module(module)
@@ -123,7 +122,8 @@ def _main(bundle: str, module: str, out_file: str) -> None:
     if not issubclass(cls, BaseHandler):
         sys.exit(f"{module}.{cls.__name__} must subclass a handler of this library (handlers.image_classifier."
                  "ImageClassifier, handlers.base.TskitHandler, ...), one of TorchServe's stock handlers "
-                 "(ts.torch_handler.image_classifier.ImageClassifier, ...) or ts.torch_handler.base_handler.BaseHandler")
+                 "(ts.torch_handler.image_classifier.ImageClassifier, ...) or "
+                 "ts.torch_handler.base_handler.BaseHandler")
     kind = "tskit" if issubclass(cls, TskitHandler) else "torchserve"
     Path(out_file).write_text(json.dumps({"module": module, "class_name": cls.__name__, "kind": kind}))
 

@@ -31,8 +31,8 @@ import sys
 
 import numpy as np
 import torch
-from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.torchserve import BaseHandler
 from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, read_reference
 from handlers.contract import BatchState, StageClock, as_answers, is_describe, request_error, subset
 from handlers.errors import BadInput, ConfigError

@@ -12,6 +12,7 @@ The generated module (export/user_handler.py writes it) reads:
 import logging
 from pathlib import Path
 
+import handlers.torchserve  # noqa: F401  (TorchServe's handler classes, imported without openvino.torch)
 from handlers.integrity import MANIFEST_NAME, check_integrity
 from handlers.requirements import check_requirements
 

@@ -141,7 +141,8 @@ class ImageClassifier(TskitHandler):
         wanted = self.config["mean"] + self.config["std"]
         if built[0] is None or any(abs(a - b) > 1e-6 for a, b in zip(built[0] + built[1], wanted)):
             raise ConfigError(f"the model normalises pixels with mean {built[0]} and std {built[1]}, the handler "
-                              f"config says {self.config['mean']} and {self.config['std']}: rebuild with tskit optimize")
+                              f"config says {self.config['mean']} and {self.config['std']}: "
+                              "rebuild with tskit optimize")
         return True
 
     def use_turbojpeg(self) -> bool:
