@@ -3,6 +3,7 @@ import argparse
 import json
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from tskit.client import ServerError, TorchServeClient
@@ -660,6 +661,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ServerError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"tskit {args.command}: {err}", file=sys.stderr)
+        return 1
+    except zipfile.BadZipFile as err:  # a .mar is a zip: `tskit verify README.md`, say
+        named = getattr(args, "archive", None) or "a file given"
+        print(f"tskit {args.command}: {named} is not a .mar archive ({err})", file=sys.stderr)
         return 1
 
 

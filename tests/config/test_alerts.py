@@ -1,5 +1,5 @@
-"""config/alerts.yml: well-formed Prometheus alerting rules over metrics that exist, and (with promtool
-installed) rules that fire when they should. tests/e2e/test_serve.py checks the names against a live scrape."""
+"""config/alerts.yml: well-formed Prometheus alerting rules over metrics that exist, and (promtool, which
+`make test` installs) rules that fire when they should. tests/e2e/test_serve.py checks the names against a live scrape."""
 import re
 import shutil
 import subprocess
