@@ -39,3 +39,18 @@ def serve_overrides(settings: dict[str, dict]) -> dict[str, str]:
     default version 1.0 with those settings (minWorkers, batchSize, ...): what `model_settings` reads back."""
     models = {name: {"1.0": {"defaultVersion": True, "marName": f"{name}.mar", **s}} for name, s in settings.items()}
     return {"load_models": ",".join(f"{name}.mar" for name in settings), "models": json.dumps(models)}
+
+
+PATH_KEYS = ("model_store", "metrics_config")  # paths a config.properties may give relative to its own folder
+
+
+def resolved_properties(path: str | Path) -> dict[str, str]:
+    """The config's properties with its relative paths made absolute against the file's folder, so the
+    server reads the same files wherever it starts (TorchServe itself resolves them against its start
+    directory)."""
+    props = read_properties(path)
+    folder = Path(path).resolve().parent
+    for key in PATH_KEYS:
+        if props.get(key) and not Path(props[key]).is_absolute():
+            props[key] = str((folder / props[key]).resolve())
+    return props

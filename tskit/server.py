@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tskit.client import TorchServeClient
-from tskit.properties import model_settings, read_properties, write_properties
+from tskit.properties import model_settings, resolved_properties, write_properties
 
 PORT_KEYS = {
     "inference_address": "http://127.0.0.1:{}",
@@ -23,9 +23,6 @@ PORT_KEYS = {
     "grpc_inference_port": "{}",
     "grpc_management_port": "{}",
 }
-
-
-PATH_KEYS = ("metrics_config",)
 
 
 def free_port() -> int:
@@ -58,11 +55,8 @@ class TorchServeProcess:
         self.python = python
         self.extra_env = env or {}
         self.model_store = Path(model_store).resolve()
-        props = read_properties(config_file)
+        props = resolved_properties(config_file)
         props["model_store"] = str(self.model_store)
-        for key in PATH_KEYS:  # relative paths in the config are relative to its folder
-            if props.get(key) and not Path(props[key]).is_absolute():
-                props[key] = str((Path(config_file).resolve().parent / props[key]).resolve())
         if isolate_ports:
             props.update({key: fmt.format(free_port()) for key, fmt in PORT_KEYS.items()})
         props.update(overrides or {})
@@ -143,14 +137,20 @@ class TorchServeProcess:
 
 
 def start_background(config_file: str | Path, workdir: str | Path = ".") -> int:
-    """`torchserve --start` as a daemon (the launcher returns at once); its key file lands in `workdir`.
+    """`torchserve --start` as a daemon (the launcher returns at once); its key file lands in `workdir`. It
+    starts on a copy of the config in `workdir/.tskit/` whose relative paths (model store, metrics config) are
+    resolved against the config's folder, so it works from any directory.
 
     Output goes to `workdir/logs/torchserve.out`, never to a pipe: the Java daemon inherits the launcher's
     descriptors and would hold a pipe open for as long as it runs.
     """
     log_dir = Path(workdir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, torchserve_launcher(), "--start", "--ncs", "--ts-config", str(config_file)]
+    resolved = Path(workdir) / ".tskit" / "config.properties"
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    write_properties(resolved, resolved_properties(config_file),
+                     header=f"# {Path(config_file).resolve()}, its paths resolved by tskit serve\n")
+    cmd = [sys.executable, torchserve_launcher(), "--start", "--ncs", "--ts-config", str(resolved.resolve())]
     with open(log_dir / "torchserve.out", "ab") as out:
         return subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL).returncode
