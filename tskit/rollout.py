@@ -61,7 +61,7 @@ class ReplayReport:
     old_stats: VersionStats
     new_stats: VersionStats
     disagreements: list[str]
-    unsure: int = 0  # of `agreed`: answers the serving version was unsure of, found in the new top-k
+    close_calls: int = 0  # of `agreed`: unsure answers whose two leading labels swapped places
 
     @property
     def agreement(self) -> float:
@@ -81,9 +81,9 @@ class ReplayReport:
         return reasons
 
     def summary(self) -> str:
-        unsure = (f"; {self.unsure} of them unsure answers (p < {UNSURE}) whose top-1 is in the new version's "
-                  "top-k" if self.unsure else "")
-        return (f"{self.model}: {self.agreed}/{self.samples} top-1 agree ({self.agreement:.1%}{unsure}); p50 "
+        close = (f"; {self.close_calls} of them close calls (both unsure, p < {UNSURE}) whose two leading labels "
+                 "swapped" if self.close_calls else "")
+        return (f"{self.model}: {self.agreed}/{self.samples} top-1 agree ({self.agreement:.1%}{close}); p50 "
                 f"{self.old} {self.old_stats.p50_ms:.1f} ms, {self.new} {self.new_stats.p50_ms:.1f} ms; errors "
                 f"{self.old} {len(self.old_stats.errors)}, {self.new} {len(self.new_stats.errors)}")
 
@@ -103,22 +103,29 @@ def _ask(client: TorchServeClient, model: str, version: str, sample: GoldenInput
     return response.json()
 
 
-UNSURE = 0.5  # a top-1 probability under this is an answer the model itself is unsure of
+UNSURE = 0.5  # a top-1 probability under this is a close call the model itself is unsure of
+
+
+def _leading(answer) -> list[tuple[str, float]] | None:
+    """The two leading (label, probability) pairs of a `{label: probability}` answer, else None."""
+    if not isinstance(answer, dict) or "label" in answer or not answer:
+        return None
+    pairs = list(answer.items())[:2]
+    return pairs if all(isinstance(p, (int, float)) and not isinstance(p, bool) for _, p in pairs) else None
 
 
 def agreement_of(before, after) -> str | None:
-    """How the new answer agrees with the serving one: "same" top-1; "unsure" when the serving version's
-    `{label: probability}` answer put its top-1 under UNSURE and the new answer still lists it (the accuracy
-    guard's rule: such views flip between equally good engines for no user-visible loss); None if it does not."""
+    """How the new answer agrees with the serving one: "same" top-1; "close call" when both versions are unsure
+    (top-1 probability under UNSURE) and only swapped their two leading labels (the accuracy guard's view:
+    such inputs flip between equally good engines for no user-visible loss); None if they disagree."""
     if before is None or after is None:
         return None
     if top1(before) == top1(after):
         return "same"
-    scores = before if isinstance(before, dict) and "label" not in before else None
-    if scores and all(isinstance(v, (int, float)) for v in scores.values()) and isinstance(after, dict):
-        label, probability = next(iter(scores.items()))
-        if probability < UNSURE and label in after:
-            return "unsure"
+    old, new = _leading(before), _leading(after)
+    if old and new and old[0][1] < UNSURE and new[0][1] < UNSURE and \
+            {label for label, _ in old} == {label for label, _ in new}:
+        return "close call"
     return None
 
 
@@ -138,7 +145,7 @@ def replay_versions(client: TorchServeClient, model: str, old: str, new: str, sa
             if verdicts[-1] is None:
                 disagreements.append(f"{sample.name}: {old} -> {top1(before)!r}, {new} -> {top1(after)!r}")
     return ReplayReport(model, old, new, len(samples), sum(v is not None for v in verdicts), old_stats, new_stats,
-                        disagreements, verdicts.count("unsure"))
+                        disagreements, verdicts.count("close call"))
 
 
 # ---- versions and history ----------------------------------------------------------------------------
