@@ -10,7 +10,7 @@ from export.zoo import DEFAULT_NAME
 from tskit.loadgen import BackgroundLoad, percentile
 from tskit.workers import rss_mb, worker_pids
 
-SOAK_S = 60
+SOAK_S = 40
 CLIENTS = 4  # below the shipped job_queue_size: no request is refused
 SAMPLE_EVERY_S = 2
 MAX_GROWTH_MB = 50  # total over the workers, over the second half of the soak
