@@ -4,8 +4,9 @@
 `torch.compile(backend="openvino")` finds OpenVINO's backend. OpenVINO already registers that backend through its
 `torch_dynamo_backends` entry point, which torch reads on first use, while the eager import pulls in torch._dynamo:
 measured on the dev machine (AMD EPYC, 2 cores, the other core busy), `import ts.torch_handler.base_handler`
-took 6.1-6.6 s with it and 2.1-2.4 s without, in every worker start and every build-time replay. `import_base_handler` imports that module once with
-`openvino.torch` stood in for, then drops the stand-in, so a later `import openvino.torch` gets the real one.
+took 6.1-6.6 s with it and 2.1-2.4 s without, in every worker start and every build-time replay.
+`import_base_handler` imports that module once with `openvino.torch` stood in for, then drops the stand-in, so
+a later `import openvino.torch` gets the real one.
 Every handler module of this library, and the entry of a user's handler, imports it before anything else of
 TorchServe's handlers.
 """
