@@ -1,4 +1,4 @@
-"""All four export formats served side by side by one real TorchServe; `tskit verify --url` on each.
+"""Every export format served side by side by one real TorchServe; `tskit verify --url` on each.
 (A tampered archive refused by a real worker: tests/e2e/test_faults_e2e.py.)"""
 import subprocess
 import sys
@@ -33,7 +33,7 @@ def test_every_format_serves_the_same_top1(format_server, format_archives, photo
         assert len(set(tops.values())) == 1 and tops["eager"] in SAMPLE_TOP1[name], (name, tops)
 
 
-@pytest.mark.parametrize("fmt", ["eager", "torchscript", "onnx", "aoti"])
+@pytest.mark.parametrize("fmt", ["eager", "torchscript", "onnx", "openvino", "aoti"])
 def test_verify_against_the_live_server(format_server, format_archives, fmt):
     cli = subprocess.run([sys.executable, "-m", "tskit.cli", "verify", str(format_archives[fmt]),
                           "--url", format_server.client.inference_url, "--workdir", str(format_server.workdir)],
