@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -404,12 +405,20 @@ def judge_decoders(winner: Candidate, inputs: "Inputs", reference_logits: torch.
 
 class Inputs:
     """Every view as a handler with the archive's preprocessing (and `decoder`) makes it: normalised fp32 batches
-    for torch and ONNX Runtime, the decoded uint8 pixels for OpenVINO IRs (which normalise themselves)."""
+    for torch and ONNX Runtime, the decoded uint8 pixels for OpenVINO IRs (which normalise themselves); each made
+    on first use, so a run without OpenVINO candidates never decodes the views twice."""
 
     def __init__(self, handler, payloads: list[bytes]):
         self.handler = handler
-        self.normalised = preprocessed(handler, payloads)
-        self.pixels = torch.stack([handler.decode({"body": p}) for p in payloads])
+        self.payloads = payloads
+
+    @cached_property
+    def normalised(self) -> torch.Tensor:
+        return preprocessed(self.handler, self.payloads)
+
+    @cached_property
+    def pixels(self) -> torch.Tensor:
+        return torch.stack([self.handler.decode({"body": p}) for p in self.payloads])
 
     def of(self, candidate: Candidate) -> torch.Tensor:
         return self.pixels if candidate.pixels else self.normalised
@@ -511,8 +520,6 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
             if c.name not in only and not c.verdict:
                 c.verdict = "skipped: not asked for (--only)"
 
-    calibration = [inputs.pixels[i:i + 1].numpy() for i in range(len(payloads)) if not held_out[i]]
-
     def judge(candidate: Candidate) -> None:
         model = engine(candidate, cores, root, batch_size)
         candidate.guard = guard(reference_logits, forward_all(model, inputs.of(candidate)), held_out)
@@ -521,13 +528,14 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
         log(f"{candidate.name}: overall {candidate.guard.overall:.1%}, confident {candidate.guard.confident:.1%} "
             f"of {candidate.guard.confident_views}, top-5 {candidate.guard.top5:.1%}: {candidate.verdict}")
 
-    int8_ir = None
+    int8_ir = calibration = None
     for candidate in list(candidates):
         if candidate.verdict:
             continue
         if candidate.precision == "int8":
             if int8_ir is None:
                 start = time.perf_counter()
+                calibration = [inputs.pixels[i:i + 1].numpy() for i in range(len(payloads)) if not held_out[i]]
                 int8_ir = quantize_int8(ir, calibration, work / f"{name}-int8.xml")
                 log(f"NNCF post-training quantization on {len(calibration)} views: {time.perf_counter() - start:.0f} s")
             candidate.files = [str(int8_ir)]
@@ -546,7 +554,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
 
     passing = [c for c in candidates if c.verdict == "passes"]
     batches = {}
-    for kind in ("normalised", "pixels"):
+    for kind in {"pixels" if c.pixels else "normalised" for c in passing}:
         batches[kind] = work / f"rate-{kind}.pt"
         torch.save(getattr(inputs, kind)[:batch_size].clone(), batches[kind])
     for workers, threads in worker_splits(cores):
@@ -558,7 +566,6 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
 
     report = Report(Path(mar).name, cpu, batch_size, cores, len(photos), held_out_photos, candidates, None,
                     min_confident, min_top5)
-    passing = [c for c in candidates if c.verdict == "passes"]
     if not passing:
         return Optimized(report, None)
     winner = max(passing, key=lambda c: c.best[1])
@@ -583,7 +590,8 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     explain = (None, None) if model_file else eager_weights(root, archiver, reference_pre.model_format)
     labels = root / "index_to_name.json"
     # a worker without the engine (or the decoder's packages) refuses to load, naming them (handlers/requirements.py)
-    packages = [p for p in [{"onnx": "onnxruntime", "openvino": "openvino"}.get(winner.engine)] if p]
+    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}.get(winner.engine)
+    packages = [runtime] if runtime else []
     if report.decoder == "turbojpeg":
         packages += ["simplejpeg", "opencv-python-headless"]
     requirements = None

@@ -214,8 +214,7 @@ class ImageClassifier(TskitHandler):
     def drift_features(self, batch: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """Per-channel mean and spread of the normalised input (brightness, tint, contrast)."""
         if batch.dtype == torch.uint8:  # pixels for an engine that normalises: the same statistics, from them
-            pixels = batch[:, ::4, ::4].permute(0, 3, 1, 2).float()
-            return DRIFT_FEATURES, channel_stats((pixels - self.mean) / self.std, step=1)
+            return DRIFT_FEATURES, channel_stats(self.normalised(list(batch[:, ::4, ::4])), step=1)
         return DRIFT_FEATURES, channel_stats(batch)
 
     def example_items(self, n: int) -> list:

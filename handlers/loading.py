@@ -3,8 +3,8 @@
 Formats: `eager` (a model file defining one nn.Module, plus a state_dict loaded with weights_only=True),
 `torchscript`, `onnx` (onnxruntime), `openvino` (an IR `.xml` with its `.bin` beside it, fp32 or NNCF-quantized
 int8) and `aoti` (an AOTInductor `.pt2` package; a `.pt2` saved with `torch.export.save` loads as `exported`).
-Every loader returns an object called as `model(batch_tensor)` that returns a tensor. Compiled formats fix dtype and layout at export time: their wrappers carry
-`fixed_dtype`, and the handler feeds them that dtype.
+Every loader returns an object called as `model(batch_tensor)` that returns a tensor. Compiled formats fix
+dtype and layout at export time: their wrappers carry `fixed_dtype`, and the handler feeds them that dtype.
 """
 import importlib.util
 import inspect

@@ -82,9 +82,9 @@ def bench_archive(archive: Path, config: ServerConfig, payloads: list[bytes], lo
         headers = ts.client._headers("inference")
         if warmup_s:
             closed_loop(url, headers, payloads, max(2, config.batch_size), warmup_s)
+        closed = wrk_closed_loop if generator == "wrk" else closed_loop
         for mode, level in loads:
             before = model_counters(ts.client.metrics(), model)
-            closed = wrk_closed_loop if generator == "wrk" else closed_loop
             result = (closed(url, headers, payloads, int(level), duration_s) if mode == "closed"
                       else open_loop(url, headers, payloads, level, duration_s))
             row = {"archive": model, **config.__dict__, "threads_per_worker": threads, **result.summary(),
