@@ -42,6 +42,12 @@ def add_reference(mar: Path, unpacked: Path, stats: dict | None) -> dict | None:
             "features": [f["name"] for f in stats["features"]]}
 
 
+def archive_manifest(mar: str | Path) -> dict:
+    """The manifest sealed into a built archive (KeyError if it has none)."""
+    with zipfile.ZipFile(mar) as zf:
+        return json.loads(zf.read(MANIFEST_NAME))
+
+
 def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, reference_inputs: list = (),
                  requirements: list[str] = (), user_handler: dict | None = None, extra: dict | None = None) -> dict:
     """Run the archive's own handler, in one fresh Python, on its golden inputs (their answers go into the

@@ -1,12 +1,11 @@
 """`tskit optimize`'s archive (the `optimized` fixture) on a real TorchServe whose Python lacks this project: rolled
 out against the fp32 archive it came from with the usual agreement check, then serving the sample photos right,
 its model log naming the engine and precision, and `tskit verify --url` passing against it."""
-import json
 import shutil
-import zipfile
 
 import pytest
 
+from export.manifest import archive_manifest
 from export.variants import derive_archive
 from export.zoo import SAMPLE_TOP1
 from tests.e2e.conftest import REPO, tskit_cli
@@ -51,8 +50,7 @@ def test_the_optimized_model_answers_the_samples_and_names_its_engine(rolled_out
     for name, labels in SAMPLE_TOP1.items():
         answer = ts.client.predict(MODEL, photo_bytes[name], timeout=120)
         assert answer.status_code == 200 and next(iter(answer.json())) in labels, (name, answer.text)
-    with zipfile.ZipFile(candidate) as zf:
-        report = json.loads(zf.read("tskit-manifest.json"))["optimization"]
+    report = archive_manifest(candidate)["optimization"]
     precision = next(c["precision"] for c in report["candidates"] if c["name"] == report["chosen"])
     assert f"loaded openvino model on cpu, precision {precision}" in ts.wait_log("loaded openvino model")
 

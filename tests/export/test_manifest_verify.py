@@ -9,13 +9,9 @@ import pytest
 
 from handlers.image_classifier import ImageClassifier
 from handlers.integrity import MANIFEST_NAME, IntegrityError, sha256_file
+from export.manifest import archive_manifest as manifest_of
 from export.verify import verify_archive
 from tskit.testing import load_handler, unpack_archive
-
-
-def manifest_of(mar):
-    with zipfile.ZipFile(mar) as zf:
-        return json.loads(zf.read(MANIFEST_NAME))
 
 
 def rewrite(mar, dest, member, transform):

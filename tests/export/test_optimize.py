@@ -1,17 +1,15 @@
 """`tskit optimize`: behaviour, not speed. The guard's arithmetic, a run on the default model's ONNX archive (the
 `optimized` fixture), and a user's TorchScript classifier optimized where OpenVINO is missing."""
-import json
 import logging
 import os
 import subprocess
 import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from export.manifest import archive_manifest as manifest
 from export.optimize import Candidate, guard, worker_splits
 from export.zoo import SAMPLE_TOP1
 from handlers.errors import ConfigError
@@ -19,11 +17,6 @@ from handlers.image_classifier import ImageClassifier
 from tskit.testing import load_archive_handler, run_batch, unpack_archive
 
 TSKIT = [sys.executable, "-m", "tskit.cli"]
-
-
-def manifest(mar: Path) -> dict:
-    with zipfile.ZipFile(mar) as zf:
-        return json.loads(zf.read("tskit-manifest.json"))
 
 
 def test_the_guard_counts_confident_views_and_top5():

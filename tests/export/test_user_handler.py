@@ -10,6 +10,7 @@ import pytest
 
 from export.archive import ArchiveSpec, build_archive
 from export.golden import GoldenInput
+from export.manifest import archive_manifest as manifest
 from export.user_handler import ENTRY_FILE
 from export.zoo import CONFIG_DIR, ZOO_DIR, efficientnet_lite0_weights, write_imagenet_labels
 from export.zoo.tabular import export_files, golden_rows
@@ -45,11 +46,6 @@ def tskit_build(name: str, handler: Path, args: list, store: Path, *extra: str):
 def members(mar: Path) -> set[str]:
     with zipfile.ZipFile(mar) as zf:
         return set(zf.namelist())
-
-
-def manifest(mar: Path) -> dict:
-    with zipfile.ZipFile(mar) as zf:
-        return json.loads(zf.read("tskit-manifest.json"))
 
 
 def test_a_subclass_of_a_library_handler_is_packed_and_verified(user_archives):
