@@ -10,19 +10,25 @@ OUT.json:   {"precision": "fp32", "model_format": "eager", "results": [[status, 
              "reference": drift reference statistics (export/reference.py) or null}
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 
-def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path, reference: list[dict] | None = None) -> dict:
+def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path, reference: list[dict] | None = None,
+           sealing: bool = False) -> dict:
     """The golden `cases` (and the drift `reference` cases, if any) through the archive at `model_dir`, in a new
-    interpreter that loads its handler once; returns OUT.json."""
+    interpreter that loads its handler once; returns OUT.json. `sealing`: the archive is being built and has no
+    manifest yet (its integrity check lets it load)."""
     work = Path(work_dir)
     job_file, out_file = work / "replay-job.json", work / "replay-out.json"
     job_file.write_text(json.dumps({"golden": cases, "reference": reference}))
+    from handlers.integrity import SEALING_ENV  # here: the replayed Python must import the archive's handlers
+
+    env = {**os.environ, SEALING_ENV: "1"} if sealing else None
     result = subprocess.run([sys.executable, "-m", "export.replay", str(model_dir), str(job_file), str(out_file)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"running the archive's handler failed:\n{result.stderr[-4000:]}")
     return json.loads(out_file.read_text())

@@ -1,8 +1,8 @@
 """`tskit verify`: prove an archive still holds, and serves, what was validated at build time.
 
-Checks, in order: the manifest is there; every file matches its sha256; the golden inputs replayed
-through the archive's own handler in a fresh Python give the golden outputs; and, with a live
-TorchServe, the same inputs over HTTP give them too. Top-1 must be identical and every number within
+Checks, in order: with trusted keys, the signature over the manifest (export/signing.py); the manifest is
+there; every file matches its sha256; the golden inputs replayed through the archive's own handler in a
+fresh Python give the golden outputs; and, with a live TorchServe, the same inputs over HTTP give them too. Top-1 must be identical and every number within
 the tolerance of the precisions involved (export.golden.TOLERANCE).
 """
 import tempfile
@@ -47,8 +47,24 @@ def check_cases(report: Report, where: str, cases: list[dict], results: list, at
             report.ok(f"{where}: {case['input']} (top-1 {top1(body)!r}, within {atol:g})")
 
 
-def verify_archive(mar: str | Path, client=None) -> Report:
+def check_signature(report: Report, mar: str | Path, trusted_keys: list) -> None:
+    from export.signing import signature_problems
+
+    check = signature_problems(mar, trusted_keys)
+    if check.trusted:
+        report.ok(f"signature: {check.key} verifies the manifest")
+    elif not check.signed:
+        report.fail("signature: the archive is unsigned (tskit sign ARCHIVE --key PRIVATE.pem)")
+    else:
+        report.fail("signature", check.problems)
+
+
+def verify_archive(mar: str | Path, client=None, trusted_keys: list = ()) -> Report:
+    """`trusted_keys`: public keys the archive's signature must verify with (none: the signature is not
+    checked)."""
     report = Report(str(mar))
+    if trusted_keys:
+        check_signature(report, mar, list(trusted_keys))
     with tempfile.TemporaryDirectory(prefix="tskit-verify-") as tmp:
         root = unpack_archive(mar, Path(tmp) / "archive")
         manifest = read_manifest(root)

@@ -37,7 +37,7 @@ from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, read_refe
 from handlers.contract import BatchState, StageClock, as_answers, is_describe, request_error, subset
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import check_config as check_explain_config, is_explain, load_explainer, unavailable
-from handlers.integrity import MANIFEST_NAME, check_integrity
+from handlers.integrity import check_integrity
 from handlers.loading import load_model
 from handlers.metrics import record_batch, record_drift
 from handlers.protocol import answer_envelope, calling_envelope
@@ -91,12 +91,10 @@ class TskitHandler(BaseHandler):
         self.batch_state: BatchState | None = None
         props = context.system_properties
         model_dir = props["model_dir"]
-        self.tskit_manifest = check_integrity(model_dir)
-        if self.tskit_manifest is None:
-            logger.warning("no %s in the archive: its files cannot be checked", MANIFEST_NAME)
-        else:
-            check_requirements(self.tskit_manifest.get("requirements", []))
         yaml_config = self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.tskit_manifest = check_integrity(model_dir, yaml_config)
+        if self.tskit_manifest is not None:
+            check_requirements(self.tskit_manifest.get("requirements", []))
         self.config = validate_config(yaml_config.get("handler"), {**BASE_CONFIG, **self.config_defaults})
         if "explain_method" in self.config:
             check_explain_config(self.config)

@@ -12,7 +12,7 @@ import logging
 from contextlib import contextmanager
 
 from handlers.contract import StageClock, as_answers, request_error, subset
-from handlers.integrity import MANIFEST_NAME, check_integrity
+from handlers.integrity import check_integrity
 from handlers.metrics import record_batch
 
 logger = logging.getLogger(__name__)
@@ -24,9 +24,8 @@ class Guarded:
     _stage = "handle"
 
     def initialize(self, context):
-        self.tskit_manifest = check_integrity(context.system_properties["model_dir"])
-        if self.tskit_manifest is None:
-            logger.warning("no %s in the archive: its files cannot be checked", MANIFEST_NAME)
+        self.tskit_manifest = check_integrity(context.system_properties["model_dir"],
+                                              getattr(context, "model_yaml_config", None) or {})
         super().initialize(context)
 
     def handle(self, data, context):

@@ -27,7 +27,41 @@ def cmd_build(args) -> int:
         explain_weights=args.explain_weights, explain_model_file=args.explain_model_file,
         requirements=args.requirements,
     )
-    print(build_archive(spec))
+    mar = build_archive(spec)
+    sign_if_asked(mar, args.sign_key)
+    print(mar)
+    return 0
+
+
+def sign_if_asked(mar: Path, private_key: str | None) -> None:
+    if private_key:
+        from export.signing import sign_archive
+
+        sign_archive(mar, private_key)
+        print(f"signed {mar} with {private_key}", file=sys.stderr)
+
+
+def cmd_keygen(args) -> int:
+    from export.signing import generate_key_pair
+
+    private, public = generate_key_pair(args.out, args.name)
+    print(f"private key (sign with it; keep it secret): {private}\npublic key (trust it where you serve): {public}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    from export.signing import sign_archive, signature_problems
+
+    for archive in args.archives:
+        if not Path(archive).is_file():
+            raise FileNotFoundError(f"archive not found: {archive}")
+        sign_archive(archive, args.key)
+        print(f"signed {archive}")
+        if args.check:
+            check = signature_problems(archive, [args.check])
+            print(check)
+            if not check.trusted:
+                return 1
     return 0
 
 
@@ -60,6 +94,7 @@ def cmd_build_default(args) -> int:
     from export.archive import build_archive
     from export.zoo import default_spec
 
+    out_folder(args.export_path, "--export-path")  # before minutes of export, not after
     if args.stock:
         from export.stock import build_stock_archive
 
@@ -133,8 +168,83 @@ def cmd_optimize(args) -> int:
     if result.archive is None:
         print("no candidate passes the guard: nothing written", file=sys.stderr)
         return 1
+    sign_if_asked(result.archive, args.sign_key)
     print(result.archive)
     return 0
+
+
+# ---- what the commands below check before any work: one line from main(), never a traceback -------------
+def out_folder(path: str, option: str) -> Path:
+    """A folder the command writes into (created if missing); refused if it, or a folder above it, is a file."""
+    folder = Path(path)
+    for above in (folder, *folder.parents):
+        if above.exists():
+            if not above.is_dir():
+                where = "" if above == folder else f": {above}"
+                raise ValueError(f"{option} {path}{where} is a file, not a folder")
+            break
+    return folder
+
+
+def archive_file(path: str, what: str = "archive") -> Path:
+    """An existing .mar (a zip holding MAR-INF/MANIFEST.json), checked before anything is imported or loaded."""
+    mar = Path(path)
+    if not mar.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}" + (" (that is a folder)" if mar.is_dir() else ""))
+    if not zipfile.is_zipfile(mar):
+        raise ValueError(f"{path} is not a .mar archive")
+    with zipfile.ZipFile(mar) as zf:
+        if "MAR-INF/MANIFEST.json" not in zf.namelist():
+            raise ValueError(f"{path} is not a .mar archive (a zip without MAR-INF/MANIFEST.json)")
+    return mar
+
+
+def one_line(err: BaseException, limit: int = 400) -> str:
+    """An exception's message folded onto one line (torch's load_state_dict error spans several)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def positive(kind):
+    """argparse type: a number of `kind` above 0 (a batch of 0 or -1 s of timing is a mistake, not a request)."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError here is argparse's "invalid int value: 'x'"
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def fraction(text: str) -> float:
+    """argparse type: a share between 0 and 1 (0.99, not 99)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.99 for 99%), got {text}")
+    return value
+
+
+fraction.__name__ = "float"
+
+
+def shape(text: str) -> list[int]:
+    """argparse type: an input shape as comma-separated positive sizes, batch first."""
+    try:
+        dims = [int(d) for d in text.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape: comma-separated sizes above 0, batch first "
+                                         "(e.g. 2,3,224,224)")
+    return dims
+
+
+def setting(text: str) -> str:
+    """argparse type: one KEY=VALUE handler config override."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. precision=bf16)")
+    return text
 
 
 def cmd_samples(args) -> int:
@@ -143,13 +253,18 @@ def cmd_samples(args) -> int:
     from export.zoo import CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, guard_photos, \
         sample_photos, write_imagenet_labels
 
-    out = Path(args.out)
+    out = out_folder(args.out, "--out")
+    model = out_folder(args.model, "--model") if args.model else None
+    calibration = out_folder(args.calibration, "--calibration") if args.calibration else None
+    photos = sample_photos()
+    if not photos:
+        raise RuntimeError("no sample photos in the installed packages: scikit-image and matplotlib ship them "
+                           "(make install)")
     out.mkdir(parents=True, exist_ok=True)
-    for name, path in sample_photos().items():
+    for name, path in photos.items():
         shutil.copy(path, out / name)
         print(out / name)
-    if args.model:  # what `tskit build` takes for the default model: to practise on before bringing your own
-        model = Path(args.model)
+    if model:  # what `tskit build` takes for the default model: to practise on before bringing your own
         model.mkdir(parents=True, exist_ok=True)
         for source, target in ((efficientnet_lite0_weights(), f"{DEFAULT_NAME}.pth"),
                                (ZOO_DIR / f"{DEFAULT_NAME}.py", f"{DEFAULT_NAME}.py"),
@@ -157,8 +272,7 @@ def cmd_samples(args) -> int:
             shutil.copy(source, model / target)
             print(model / target)
         print(write_imagenet_labels(model / "index_to_name.json"))
-    if args.calibration:  # photos for `tskit optimize --calibration`
-        calibration = Path(args.calibration)
+    if calibration:  # photos for `tskit optimize --calibration`
         calibration.mkdir(parents=True, exist_ok=True)
         for name, path in guard_photos().items():
             shutil.copy(path, calibration / name)
@@ -167,15 +281,47 @@ def cmd_samples(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import pickle
+
     import torch
 
     from export.checkpoint import read_state_dict
     from export.formats import export_model
     from handlers.loading import load_module_class
 
-    model = load_module_class(args.model_file, args.model_class)()
-    model.load_state_dict(read_state_dict(args.weights, prefix=args.strip_prefix), strict=True)
-    example = torch.randn(*[int(d) for d in args.example_shape.split(",")])
+    model_file, weights = Path(args.model_file), Path(args.weights)
+    for option, path in (("model file", model_file), ("weights", weights)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{option} not found: {path}" + (" (that is a folder)" if path.is_dir() else ""))
+    if model_file.suffix != ".py":
+        raise ValueError(f"--model-file {model_file} is not a Python file (.py) defining the nn.Module")
+    out_folder(args.out, "--out")
+    try:
+        model_class = load_module_class(str(model_file), args.model_class)
+    except (SyntaxError, ImportError) as err:
+        raise ValueError(f"--model-file {model_file} does not import: {type(err).__name__}: {err}") from None
+    try:
+        model = model_class()
+    except TypeError as err:
+        raise ValueError(f"{model_class.__name__}() cannot be built without arguments, as tskit export and the "
+                         f"worker build it: {err}") from None
+    try:
+        state = read_state_dict(str(weights), prefix=args.strip_prefix)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(f"--weights {weights} is not a state_dict or training checkpoint torch.load can read "
+                         f"({type(err).__name__})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"--weights {weights} do not fit {model_class.__name__}: {one_line(err)}") from None
+    example = torch.randn(*args.example_shape)
+    if set(args.format) - {"eager"}:  # the others run the model on the example: say so if it cannot
+        try:
+            with torch.no_grad():
+                model.eval()(example)
+        except Exception as err:  # a shape error from any layer
+            raise ValueError(f"{model_class.__name__} does not run on an input of shape {tuple(example.shape)} "
+                             f"(--example-shape): {one_line(err)}") from None
     for fmt in args.format:
         exported = export_model(model, example, fmt, args.out, args.name, model_file=args.model_file,
                                 torchscript_method=args.torchscript_method)
@@ -186,10 +332,12 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from export.verify import verify_archive
 
+    if not Path(args.archive).is_file():
+        raise FileNotFoundError(f"archive not found: {args.archive}")
     client = None
     if args.url:  # verify only uses the inference API
         client = TorchServeClient(args.url, args.url, args.url, key_file=Path(args.workdir) / "key_file.json")
-    report = verify_archive(args.archive, client)
+    report = verify_archive(args.archive, client, trusted_keys=args.key or [])
     print(report)
     return 0 if report.passed else 1
 
@@ -219,6 +367,7 @@ def cmd_forward(args) -> int:
     import os
     import time
 
+    archive_file(args.archive)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="tskit-forward-") as tmp:
         handler = in_process_handler(args.archive, tmp, args.batch, args.set)
@@ -268,6 +417,8 @@ def cmd_explain(args) -> int:
 
 
 def cmd_accuracy(args) -> int:
+    archive_file(args.archive)
+    archive_file(args.reference, "--reference archive")
     from export.accuracy import agreement
     from export.zoo import guard_images
 
@@ -293,6 +444,8 @@ def cmd_serve(args) -> int:
     if client.ping():
         print("TorchServe is already running; `tskit stop` (or `make stop`) first", file=sys.stderr)
         return 1
+    if not store_is_trusted(args):
+        return 1
     code = start_background(args.config, args.workdir)
     if code != 0:
         print(f"torchserve --start failed ({code}); see logs/torchserve.out", file=sys.stderr)
@@ -311,6 +464,32 @@ def cmd_serve(args) -> int:
               f"  curl -H \"Authorization: Bearer $(python3 -c 'import json;print(json.load(open(\"{key_file}\"))"
               f"[\"inference\"][\"key\"])')\" {client.inference_url}/predictions/{model} -T {args.sample}")
     return 0
+
+
+def store_is_trusted(args) -> bool:
+    """Check every archive of the config's model store against the trusted keys before TorchServe starts:
+    a bad signature or a file that differs from a signed manifest always stops it, an unsigned archive
+    with --require-signed."""
+    from export.signing import check_store, refusals
+    from tskit.properties import resolved_properties
+
+    if not args.key:
+        if args.require_signed:
+            raise ValueError("--require-signed needs the public key(s) you trust: --key PUBLIC.pem")
+        return True
+    store = resolved_properties(args.config).get("model_store", "model_store")
+    checks = check_store(store, args.key)
+    for check in checks:
+        print(check)
+    refused = refusals(checks, args.require_signed)
+    if refused:
+        names = ", ".join(Path(c.archive).name for c in refused)
+        print(f"tskit serve: not starting TorchServe: {names} in {store} "
+              f"{'is' if len(refused) == 1 else 'are'} not signed by a trusted key", file=sys.stderr)
+        return False
+    if not checks:
+        print(f"tskit serve: no archive in {store}", file=sys.stderr)
+    return True
 
 
 def cmd_stop(args) -> int:
@@ -401,12 +580,37 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    response = client_for(args).predict(args.model, Path(args.file).read_bytes())
+    data = Path(args.file).read_bytes()
+    if not args.grpc:
+        response = client_for(args).predict(args.model, data, version=args.version)
+        try:
+            print(json.dumps(response.json(), indent=2))
+        except ValueError:
+            print(response.text)
+        return 0 if response.ok else 1
+
+    import grpc
+
+    from tskit.grpc_client import GrpcClient, handler_error
+
     try:
-        print(json.dumps(response.json(), indent=2))
+        with GrpcClient.from_config(args.config, args.workdir) as client:
+            body = client.predict(args.model, data, version=args.version, input_name=args.input_name)
+    except grpc.RpcError as err:
+        print(f"tskit predict: gRPC {err.code().name}: {' '.join(str(err.details()).split())}", file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(json.loads(body), indent=2))
     except ValueError:
-        print(response.text)
-    return 0 if response.ok else 1
+        print(body.decode(errors="replace"))
+    # TorchServe 0.12 answers Predictions with gRPC status OK whatever status the handler set: a rejected
+    # request shows only as the handler's JSON error ({"code": 4xx, "type": ..., "message": ...}) in the body
+    error = handler_error(body)
+    if error:
+        message = " ".join(f"{error.get('type', 'error')}: {error.get('message', '')}".split())
+        print(f"tskit predict: {args.model} answered {error['code']} ({message})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_k8s(args) -> int:
@@ -460,6 +664,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--explain-weights", help="eager state_dict shipped for /explanations (loaded only when one "
                                              "is asked for): what lets an ONNX or AOTInductor archive explain")
     b.add_argument("--explain-model-file", help="model file for --explain-weights (default: --model-file)")
+    b.add_argument("--sign-key", help="sign the built archive with this private key (PEM; tskit keygen)")
     b.set_defaults(func=cmd_build)
 
     bu = sub.add_parser("bundle", help="lay out the folder to give plain torch-model-archiver as --extra-files: "
@@ -503,6 +708,7 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--seconds", type=float, default=2.0, help="seconds per speed measurement")
     op.add_argument("--version", help="version of the optimized archive (default: the archive's; another one lets "
                                       "tskit rollout put it beside the original)")
+    op.add_argument("--sign-key", help="sign the optimized archive with this private key (PEM; tskit keygen)")
     op.add_argument("--only", help="comma list of candidates to try, e.g. 'openvino fp32,openvino int8'")
     op.set_defaults(func=cmd_optimize)
 
@@ -520,7 +726,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", required=True, help="state_dict or training checkpoint (Lightning .ckpt too)")
     e.add_argument("--strip-prefix", help="key prefix to drop, e.g. 'model.' for a LightningModule attribute")
     e.add_argument("--format", nargs="+", default=["eager"], choices=FORMAT_CHOICES)
-    e.add_argument("--example-shape", default="2,3,224,224", help="example input shape, batch first")
+    e.add_argument("--example-shape", type=shape, default="2,3,224,224", help="example input shape, batch first")
     e.add_argument("--torchscript-method", default="trace", choices=["trace", "script"])
     e.add_argument("--out", default="exported")
     e.set_defaults(func=cmd_export)
@@ -548,10 +754,11 @@ def parser() -> argparse.ArgumentParser:
 
     fw = sub.add_parser("forward", help="in-process forward-only throughput of an archive's model")
     fw.add_argument("archive")
-    fw.add_argument("--batch", type=int, default=8)
-    fw.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
-    fw.add_argument("--seconds", type=float, default=10)
-    fw.add_argument("--set", nargs="*", help="handler config overrides, e.g. precision=bf16 channels_last=false")
+    fw.add_argument("--batch", type=positive(int), default=8)
+    fw.add_argument("--threads", type=positive(int), default=1, help="torch/onnxruntime threads")
+    fw.add_argument("--seconds", type=positive(float), default=10)
+    fw.add_argument("--set", nargs="*", type=setting,
+                    help="handler config overrides, e.g. precision=bf16 channels_last=false")
     fw.set_defaults(func=cmd_forward)
 
     ex = sub.add_parser("explain", help="explain files in-process with an archive's handler and time it")
@@ -565,8 +772,9 @@ def parser() -> argparse.ArgumentParser:
                                          "real photos")
     ac.add_argument("archive", help="image classifier archive to check, with its own config")
     ac.add_argument("--reference", required=True, help="eager archive of the same weights (run in fp32, full decode)")
-    ac.add_argument("--set", nargs="*", help="handler config overrides for the candidate, e.g. precision=bf16")
-    ac.add_argument("--threshold", type=float, default=0.99)
+    ac.add_argument("--set", nargs="*", type=setting,
+                    help="handler config overrides for the candidate, e.g. precision=bf16")
+    ac.add_argument("--threshold", type=fraction, default=0.99, help="top-1 agreement needed (0-1)")
     ac.set_defaults(func=cmd_accuracy)
 
     def server_args(sp):
@@ -576,6 +784,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start TorchServe in the background and wait until models are READY")
     server_args(s)
     s.add_argument("--timeout", type=float, default=300)
+    s.add_argument("--key", action="append", metavar="PUBLIC.pem",
+                   help="trusted public key: every archive of the model store is checked against it before "
+                        "TorchServe starts (repeat for several keys)")
+    s.add_argument("--require-signed", action="store_true",
+                   help="refuse to start when any archive of the model store is unsigned (with --key)")
     s.add_argument("--sample", default="<image.jpg>", help="image path to show in the example curl")
     s.set_defaults(func=cmd_serve)
 
@@ -627,12 +840,31 @@ def parser() -> argparse.ArgumentParser:
     server_args(v)
     v.add_argument("archive")
     v.add_argument("--url", help="inference address of a TorchServe serving this archive, e.g. http://127.0.0.1:8080")
+    v.add_argument("--key", action="append", metavar="PUBLIC.pem",
+                   help="also check the archive's signature against this trusted public key (repeatable)")
     v.set_defaults(func=cmd_verify)
+
+    kg = sub.add_parser("keygen", help="write a new elliptic-curve key pair for signing archives")
+    kg.add_argument("--out", default="keys", help="folder for NAME.key.pem (private) and NAME.pub.pem (public)")
+    kg.add_argument("--name", default="tskit-signing")
+    kg.set_defaults(func=cmd_keygen)
+
+    sg = sub.add_parser("sign", help="sign archives' manifests with a private key (OpenSSF model-signing)")
+    sg.add_argument("archives", nargs="+", metavar="archive")
+    sg.add_argument("--key", required=True, metavar="PRIVATE.pem", help="elliptic-curve private key (tskit keygen)")
+    sg.add_argument("--check", metavar="PUBLIC.pem", help="then verify each with this public key")
+    sg.set_defaults(func=cmd_sign)
 
     pr = sub.add_parser("predict", help="send a file to a model and print the answer")
     server_args(pr)
     pr.add_argument("model")
     pr.add_argument("file")
+    pr.add_argument("--version", help="model version (default: the default version)")
+    pr.add_argument("--grpc", action="store_true",
+                    help="send through TorchServe's gRPC inference API (grpc_inference_port of --config, default "
+                         "7070) instead of HTTP; exits 1 when the body is a handler error (code >= 400), since "
+                         "TorchServe 0.12 answers gRPC OK whatever status the handler set")
+    pr.add_argument("--input-name", default="data", help="with --grpc: the input field the file is sent as")
     pr.set_defaults(func=cmd_predict)
 
     k = sub.add_parser("k8s", help="KServe on Kubernetes: model-store/, config/config.properties, a Dockerfile and "
@@ -663,7 +895,7 @@ def main(argv=None) -> int:
         print(f"tskit {args.command}: {err}", file=sys.stderr)
         return 1
     except zipfile.BadZipFile as err:  # a .mar is a zip: `tskit verify README.md`, say
-        named = getattr(args, "archive", None) or "a file given"
+        named = getattr(args, "archive", None) or " or ".join(getattr(args, "archives", None) or ["a file given"])
         print(f"tskit {args.command}: {named} is not a .mar archive ({err})", file=sys.stderr)
         return 1
 
