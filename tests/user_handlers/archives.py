@@ -88,7 +88,11 @@ def build_user_archives(store: Path, work: Path, torchscript: Path) -> dict[str,
 
 def plain_archive(store: Path, work: Path, labels: str, config: str) -> Path:
     """The README's recipe for plain torch-model-archiver: `tskit bundle` lays out the library (and any package of
-    your own) in one folder, which the archiver gets as --extra-files (it copies a folder's contents)."""
+    your own) in one folder, which the archiver gets as --extra-files (it copies a folder's contents); its
+    model-config.yaml says `integrity: off`, since such an archive has no manifest to check."""
+    plain_config = work / "plain-config.yaml"
+    plain_config.write_text(Path(config).read_text() + "integrity: off\n")
+    config = str(plain_config)
     bundle = work / "bundle"
     run(TSKIT + ["bundle", str(bundle), "--handler", str(HERE / "top1_handler.py")])
     archiver = str(Path(sys.executable).with_name("torch-model-archiver"))
