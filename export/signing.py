@@ -15,6 +15,8 @@ it writes, where it runs before TorchServe starts (`python signing.py MODEL_STOR
 --require-signed`). Keyless Sigstore signing (OIDC identity + transparency log) needs a network: the option
 for a CI system that has one (`model_signing sign sigstore`), not for this offline path.
 """
+from __future__ import annotations  # the image's Python may be older than this project's
+
 import argparse
 import hashlib
 import json

@@ -91,10 +91,10 @@ def cmd_new(args) -> int:
 
 
 def cmd_build_default(args) -> int:
+    out_folder(args.export_path, "--export-path")  # before the imports and the export, not after
     from export.archive import build_archive
     from export.zoo import default_spec
 
-    out_folder(args.export_path, "--export-path")  # before minutes of export, not after
     if args.stock:
         from export.stock import build_stock_archive
 
@@ -248,14 +248,14 @@ def setting(text: str) -> str:
 
 
 def cmd_samples(args) -> int:
+    out = out_folder(args.out, "--out")
+    model = out_folder(args.model, "--model") if args.model else None
+    calibration = out_folder(args.calibration, "--calibration") if args.calibration else None
     import shutil
 
     from export.zoo import CONFIG_DIR, DEFAULT_NAME, ZOO_DIR, efficientnet_lite0_weights, guard_photos, \
         sample_photos, write_imagenet_labels
 
-    out = out_folder(args.out, "--out")
-    model = out_folder(args.model, "--model") if args.model else None
-    calibration = out_folder(args.calibration, "--calibration") if args.calibration else None
     photos = sample_photos()
     if not photos:
         raise RuntimeError("no sample photos in the installed packages: scikit-image and matplotlib ship them "
@@ -281,6 +281,13 @@ def cmd_samples(args) -> int:
 
 
 def cmd_export(args) -> int:
+    model_file, weights = Path(args.model_file), Path(args.weights)
+    for option, path in (("model file", model_file), ("weights", weights)):
+        if not path.is_file():
+            raise FileNotFoundError(f"{option} not found: {path}" + (" (that is a folder)" if path.is_dir() else ""))
+    if model_file.suffix != ".py":
+        raise ValueError(f"--model-file {model_file} is not a Python file (.py) defining the nn.Module")
+    out_folder(args.out, "--out")
     import pickle
 
     import torch
@@ -289,13 +296,6 @@ def cmd_export(args) -> int:
     from export.formats import export_model
     from handlers.loading import load_module_class
 
-    model_file, weights = Path(args.model_file), Path(args.weights)
-    for option, path in (("model file", model_file), ("weights", weights)):
-        if not path.is_file():
-            raise FileNotFoundError(f"{option} not found: {path}" + (" (that is a folder)" if path.is_dir() else ""))
-    if model_file.suffix != ".py":
-        raise ValueError(f"--model-file {model_file} is not a Python file (.py) defining the nn.Module")
-    out_folder(args.out, "--out")
     try:
         model_class = load_module_class(str(model_file), args.model_class)
     except (SyntaxError, ImportError) as err:
@@ -621,7 +621,8 @@ def cmd_k8s(args) -> int:
         raise FileNotFoundError(f"archive not found: {archive} (tskit build {args.name} first, or --archive)")
     spec = K8sSpec(args.name, archive, Path(args.out or Path("k8s") / args.name), args.protocol, args.storage_uri,
                    args.min_replicas, args.max_replicas, args.cpu, args.memory, args.canary, args.image,
-                   args.namespace)
+                   args.namespace, tuple(Path(k) for k in args.key or ()),
+                   Path(args.sign_key) if args.sign_key else None)
     from tskit.schemas import schema_errors
 
     failed = False
@@ -883,6 +884,10 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--image", default="", help="run this image (built from the Dockerfile) instead of KServe's "
                                                "PyTorch runtime")
     k.add_argument("--namespace", default="")
+    k.add_argument("--key", action="append", metavar="PUBLIC.pem",
+                   help="trusted public key: the archive must verify with it here, and the image checks every "
+                        "archive against it before TorchServe starts (needs --image and --sign-key; repeatable)")
+    k.add_argument("--sign-key", metavar="PRIVATE.pem", help="signs the derived archive (batchSize 1) for the pod")
     k.set_defaults(func=cmd_k8s)
     return p
 

@@ -10,6 +10,9 @@ Writes, under `--out` (default `k8s/NAME`):
                                (or, with --image, a predictor container running that image)
     serviceaccount.yaml,       the storage credentials KServe's storage initializer reads (s3:// and gs://)
     secret.yaml
+    keys/, verify/             with --key: the trusted public keys and the check (export/signing.py) the image runs
+                               on its model store before TorchServe starts; the derived archive is signed again
+                               with --sign-key
 
 TorchServe's `kserve`/`kservev2` envelope reads only the first request of a TorchServe batch, so the model
 runs with batchSize 1 there (the archive's own model-config.yaml wins over config.properties, hence the derived
@@ -21,6 +24,7 @@ control belongs to the cluster (KServe's `serving.kserve.io/enable-auth`, an Ist
 """
 import json
 import re
+import shlex
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+import export.signing
 from export.inprocess import METRICS_YAML
 from export.variants import CONFIG_NAME, derive_archive
 from handlers.integrity import MANIFEST_NAME
@@ -53,6 +58,8 @@ class K8sSpec:
     canary: int | None = None  # canaryTrafficPercent for a rollout of a new storageUri
     image: str = ""  # run this image (built from the Dockerfile) instead of KServe's PyTorch runtime
     namespace: str = ""
+    trusted_keys: tuple[Path, ...] = ()  # public keys the pod checks the model store against before serving
+    sign_key: Path | None = None  # signs the derived archive (its model-config changes, so its manifest does)
 
     @property
     def service_name(self) -> str:
@@ -85,12 +92,15 @@ def write_layout(spec: K8sSpec) -> tuple[dict[str, Path], dict[str, dict]]:
         raise ValueError(f"canaryTrafficPercent must be 0..100, got {spec.canary}")
     if not 1 <= spec.min_replicas <= spec.max_replicas:
         raise ValueError(f"need 1 <= min replicas ({spec.min_replicas}) <= max replicas ({spec.max_replicas})")
+    check_signing_options(spec)
     config, manifest = archive_settings(spec.archive)
     out = spec.out
     (out / "config").mkdir(parents=True, exist_ok=True)
     paths = {"archive": derive_archive(spec.archive, out / "model-store" / f"{spec.name}.mar", {"batchSize": 1}),
              "config": out / "config" / "config.properties", "metrics": out / "config" / "metrics.yaml",
              "dockerfile": out / "Dockerfile", "inferenceservice": out / "inferenceservice.yaml"}
+    if spec.trusted_keys:
+        paths.update(write_verification(spec, paths["archive"]))
     shutil.copy(METRICS_YAML, paths["metrics"])
     write_properties(paths["config"], config_properties(spec, config), header=CONFIG_HEADER)
     paths["dockerfile"].write_text(dockerfile(spec, manifest))
@@ -99,6 +109,49 @@ def write_layout(spec: K8sSpec) -> tuple[dict[str, Path], dict[str, dict]]:
         paths[kind] = out / f"{kind}.yaml"
         paths[kind].write_text(yaml.safe_dump(document, sort_keys=False))
     return paths, documents
+
+
+VERIFIER = "verify/tskit_signing.py"
+
+
+def check_signing_options(spec: K8sSpec) -> None:
+    """With trusted keys: the source archive must verify with one of them, and the derived one gets signed."""
+    if spec.sign_key and not spec.trusted_keys:
+        raise ValueError("--sign-key signs the derived archive for a pod that checks it: give the public key(s) the "
+                         "pod trusts with --key")
+    if not spec.trusted_keys:
+        return
+    if not spec.image:
+        raise ValueError("the pod checks signatures in the image tskit k8s writes (Dockerfile), before TorchServe "
+                         "starts; KServe's PyTorch runtime has no such step: pass --image REGISTRY/NAME:TAG")
+    if not spec.sign_key:
+        raise ValueError("the archive for KServe is derived (batchSize 1), so its manifest changes and it must be "
+                         "signed again: pass --sign-key PRIVATE.pem")
+    check = export.signing.signature_problems(spec.archive, list(spec.trusted_keys))
+    if not check.trusted:
+        raise ValueError(f"not deriving from an archive no trusted key vouches for: {check}")
+
+
+def write_verification(spec: K8sSpec, derived: Path) -> dict[str, Path]:
+    """Sign the derived archive and put the check the image runs beside it: the keys and export/signing.py."""
+    export.signing.sign_archive(derived, spec.sign_key)
+    check = export.signing.signature_problems(derived, list(spec.trusted_keys))
+    if not check.trusted:
+        raise ValueError(f"--sign-key's public key is not among the --key ones the pod trusts: {check}")
+    (spec.out / "keys").mkdir(exist_ok=True)
+    paths = {}
+    for i, key in enumerate(spec.trusted_keys):
+        paths[f"key{i}"] = Path(shutil.copy(key, spec.out / "keys" / Path(key).name))
+    paths["verifier"] = spec.out / VERIFIER
+    paths["verifier"].parent.mkdir(exist_ok=True)
+    shutil.copy(export.signing.__file__, paths["verifier"])
+    return paths
+
+
+def verify_command(spec: K8sSpec) -> list[str]:
+    """What the image runs before TorchServe: exit 1, and no TorchServe, unless every archive verifies."""
+    keys = [arg for key in spec.trusted_keys for arg in ("--key", f"{MOUNT}/keys/{Path(key).name}")]
+    return ["python", f"{MOUNT}/{VERIFIER}", f"{MOUNT}/model-store", *keys, "--require-signed"]
 
 
 CONFIG_HEADER = f"""\
@@ -146,6 +199,8 @@ def dockerfile(spec: K8sSpec, manifest: dict) -> str:
     model = manifest.get("model", {})
     extras = (["onnxruntime"] if model.get("format") == "onnx" else []) + \
              (["safetensors"] if model.get("handler") == "tensor.py" else [])
+    if spec.trusted_keys:  # the signature check (export/signing.py) needs these; model-signing imports OpenSSL
+        extras += ["model-signing==1.1.1", "pyopenssl==26.4.0"]
     install = f"RUN pip install --no-cache-dir {' '.join(extras)}\n" if extras else ""
     built_with = manifest.get("environment", {}).get("torch", "?")
     return f"""\
@@ -160,9 +215,19 @@ COPY config/ {MOUNT}/config/
 # no KServe model server in this image: clients reach TorchServe itself on :8080 (enable_envvars_config=true)
 ENV TS_INFERENCE_ADDRESS=http://0.0.0.0:8080
 EXPOSE 8080 {PROMETHEUS_PORT}
-CMD ["torchserve", "--start", "--foreground", "--ncs", "--model-store", "{MOUNT}/model-store", \\
-     "--ts-config", "{MOUNT}/config/config.properties"]
-"""
+{start_command(spec)}"""
+
+
+def start_command(spec: K8sSpec) -> str:
+    """The image's CMD: TorchServe, after the signature check of every archive when keys are trusted."""
+    serve = ["torchserve", "--start", "--foreground", "--ncs", "--model-store", f"{MOUNT}/model-store",
+             "--ts-config", f"{MOUNT}/config/config.properties"]
+    if not spec.trusted_keys:
+        return f"CMD {json.dumps(serve)}\n"
+    checked = f"{shlex.join(verify_command(spec))} && exec {shlex.join(serve)}"
+    return (f"COPY keys/ {MOUNT}/keys/\nCOPY verify/ {MOUNT}/verify/\n"
+            "# every archive of the model store verified against the trusted keys first: no TorchServe otherwise\n"
+            f"CMD {json.dumps(['sh', '-c', checked])}\n")
 
 
 def manifests(spec: K8sSpec, config: dict) -> dict[str, dict]:

@@ -3,6 +3,7 @@ config/schemas (no cluster here), and the schemas shown to reject broken manifes
 import copy
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -132,3 +133,55 @@ def test_bad_options_and_a_missing_archive_fail_clearly(tabular_mar, tmp_path, c
         write_layout(K8sSpec(TABULAR_NAME, tabular_mar, tmp_path / "y", min_replicas=3, max_replicas=2))
     assert main(["k8s", "nope", "--export-path", str(tmp_path)]) == 1
     assert "archive not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory):
+    from export.signing import generate_key_pair
+
+    private, public = generate_key_pair(tmp_path_factory.mktemp("k8s-keys"))
+    return private, public
+
+
+def test_signed_image_checks_its_model_store_before_torchserve_starts(tabular_mar, signing_keys, tmp_path):
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from export.signing import sign_archive
+
+    private, public = signing_keys
+    signed = Path(shutil.copy(tabular_mar, tmp_path / "signed.mar"))
+    sign_archive(signed, private)
+    out = tmp_path / "layout"
+    assert main(["k8s", TABULAR_NAME, "--archive", str(signed), "--out", str(out), "--image", "reg/mlp:1",
+                 "--key", str(public), "--sign-key", str(private)]) == 0
+    assert (out / "keys" / public.name).is_file() and (out / "verify" / "tskit_signing.py").is_file()
+    docker = (out / "Dockerfile").read_text()
+    assert "model-signing==1.1.1 pyopenssl==26.4.0" in docker and "COPY keys/ /mnt/models/keys/" in docker
+    [cmd] = [json.loads(line[4:]) for line in docker.splitlines() if line.startswith("CMD ")]
+    assert cmd[:2] == ["sh", "-c"]
+    check, serve = cmd[2].split(" && exec ")
+    assert serve.startswith("torchserve --start --foreground")
+    # the image's check, run on the layout as the image has it at /mnt/models
+    argv = [sys.executable if a == "python" else a.replace("/mnt/models", str(out)) for a in shlex.split(check)]
+    assert subprocess.run(argv, capture_output=True, text=True).returncode == 0
+    derived = out / "model-store" / f"{TABULAR_NAME}.mar"
+    with zipfile.ZipFile(derived, "a") as zf:  # something slipped into the store's archive after it was signed
+        zf.writestr("sitecustomize.py", "print('hello')\n")
+    refused = subprocess.run(argv, capture_output=True, text=True)
+    assert refused.returncode == 1 and "sitecustomize.py: not in the manifest" in refused.stdout, refused.stdout
+
+
+def test_signing_options_that_cannot_work_are_refused(tabular_mar, signing_keys, tmp_path, capsys):
+    private, public = signing_keys
+    base = ["k8s", TABULAR_NAME, "--archive", str(tabular_mar), "--out", str(tmp_path / "o")]
+    cases = [(["--key", str(public), "--sign-key", str(private)], "pass --image"),
+             (["--key", str(public), "--image", "r/m:1"], "pass --sign-key"),
+             (["--sign-key", str(private), "--image", "r/m:1"], "with --key"),
+             (["--key", str(public), "--sign-key", str(private), "--image", "r/m:1"], "no trusted key vouches for")]
+    for extra, expected in cases:
+        assert main(base + extra) == 1
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
