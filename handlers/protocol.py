@@ -35,6 +35,11 @@ V2_INPUT = "kserve_v2_input"  # the request key holding a v2 input's name, datat
 IMAGE_DATATYPES = ("UINT8",)
 
 
+class V2Meta(dict):
+    """A v2 input's name, datatype and shape under `V2_INPUT`: a type of its own, which no decoded body or
+    multipart field can be, so a client's field named `kserve_v2_input` is not taken for one."""
+
+
 def calling_envelope(frame) -> str | None:
     """'kserve' or 'kservev2' when `frame`, the caller of `handle`, is TorchServe's envelope of that name."""
     from ts.torch_handler.request_envelope.base import BaseEnvelope
@@ -45,7 +50,7 @@ def calling_envelope(frame) -> str | None:
 
 def answer_envelope(handler, kind: str, items, context) -> list:
     """Answer one request's instances (v1) or inputs (v2) through `handler.handle_requests`."""
-    if not items:
+    if not items or not isinstance(items, list):  # v1 `instances` may be any JSON: true, a string, an object
         return nothing_to_answer(kind, context)
     requests = [v1_request(item) if kind == "kserve" else v2_request(item) for item in items]
     with one_request_per_item(context, len(requests)):
@@ -54,7 +59,7 @@ def answer_envelope(handler, kind: str, items, context) -> list:
 
 
 def nothing_to_answer(kind: str, context) -> list:
-    """A v1 request without instances gets its 400 here. The v2 envelope cannot pack an answer without inputs,
+    """A v1 request without a list of instances gets its 400 here. The v2 envelope cannot pack an answer without inputs,
     so that request fails through TorchServe's own error path, still with a 400 and this message."""
     if kind == "kservev2":
         from ts.utils.util import PredictionException
@@ -75,10 +80,10 @@ def v2_request(item) -> dict:
     first by TorchServe's envelope: that input is rejected rather than answered for a part of it."""
     if not isinstance(item, dict) or "datatype" not in item:
         return {REJECTED: BadInput("an Open Inference Protocol input needs name, shape, datatype and data")}
-    meta = {key: item.get(key) for key in ("name", "datatype", "shape")}
+    meta = V2Meta((key, item.get(key)) for key in ("name", "datatype", "shape"))
     request = {"body": item.get("data"), V2_INPUT: meta}
     shape = meta["shape"] if isinstance(meta["shape"], list) else []
-    if meta["datatype"] == "BYTES" and math.prod(shape) != 1:
+    if meta["datatype"] == "BYTES" and not (all(isinstance(d, int) for d in shape) and math.prod(shape) == 1):
         request[REJECTED] = BadInput(
             f"input {meta['name']!r}: TorchServe's kservev2 envelope passes only the first element of a BYTES "
             f"input, this one has shape {shape}; send one input per item", kind="ShapeMismatch")
@@ -118,7 +123,7 @@ def tensor_image(request) -> Image.Image | None:
     """A v2 input of pixels (UINT8, shape [H, W, 3] or [1, H, W, 3]) as an RGB image; None for any request
     that is not a numeric v2 input (bytes, base64, JSON go through the image decoder)."""
     meta = request.get(V2_INPUT) if isinstance(request, dict) else None
-    if not meta or meta["datatype"] == "BYTES":
+    if not isinstance(meta, V2Meta) or meta["datatype"] == "BYTES":
         return None
     shape = list(meta["shape"] or [])
     if shape[:1] == [1] and len(shape) == 4:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import struct
+import tokenize
 
 import numpy as np
 import torch
@@ -149,7 +150,8 @@ def load_npy(data: bytes) -> np.ndarray:
             raise ValueError(f"header says {need} bytes of data, got {len(data) - buf.tell()}")
         buf.seek(0)
         return np.load(buf, allow_pickle=False)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError) as err:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, MemoryError, RecursionError,
+            tokenize.TokenError) as err:  # numpy tokenizes the header: an unclosed one is a TokenError
         raise BadInput(f"invalid .npy payload: {err}", kind="InvalidNpy") from None
 
 
@@ -178,9 +180,13 @@ def load_safetensors(data: bytes, name: str) -> np.ndarray:
     else:
         want = f"a tensor named {name!r} or a single tensor" if name else "a single tensor"
         raise BadInput(f"safetensors payload must hold {want}, got {sorted(tensors)}", kind="ShapeMismatch")
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-        tensor = tensor.float()
-    return tensor.numpy()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()  # bfloat16, float8: numpy has no such dtype; float32 holds their values exactly
+    try:
+        return tensor.numpy()
+    except TypeError as err:  # any other dtype numpy lacks
+        raise BadInput(f"safetensors tensor of dtype {tensor.dtype} is not accepted: {err}",
+                       kind="DTypeMismatch") from None
 
 
 def per_request(answers: list, splits: list[tuple[int, bool]]) -> list:

@@ -1,8 +1,9 @@
 """Shared fixtures: real sample photos, the real default archive and an in-process handler on it."""
+from pathlib import Path
+
 import pytest
 
-from export.archive import build_archive
-from export.zoo import SAMPLE_TOP1, default_spec, sample_photos
+from export.zoo import DEFAULT_NAME, SAMPLE_TOP1, sample_photos
 from export.zoo.tabular import build_tabular_archive
 from export.zoo.text import build_text_archive
 from handlers.image_classifier import ImageClassifier
@@ -22,10 +23,35 @@ def photo_bytes(photos):
     return {name: path.read_bytes() for name, path in photos.items()}
 
 
+def tskit_main(*argv: str) -> str:
+    """`tskit ARGV` through the CLI's own entry point, in this process; its stdout (asserted to exit 0)."""
+    import contextlib
+    import io
+
+    from tskit.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    assert code == 0, f"tskit {' '.join(argv)} exited {code}: {out.getvalue()[-2000:]}"
+    return out.getvalue()
+
+
+def built_by_cli(*argv: str) -> Path:
+    """The archive a `tskit build-default ...` run prints as its last line, checked to exist."""
+    mar = Path(tskit_main("build-default", *argv).split()[-1])
+    assert mar.suffix == ".mar" and mar.is_file(), mar
+    return mar
+
+
 @pytest.fixture(scope="session")
 def default_mar(tmp_path_factory):
-    work = tmp_path_factory.mktemp("default-archive")
-    return build_archive(default_spec(str(work / "model_store"), work))
+    """The default archive as `tskit build-default` builds it (what `make` puts in model_store/), through the
+    command itself: every test on this archive tests the command's output."""
+    store = tmp_path_factory.mktemp("default-archive") / "model_store"
+    mar = built_by_cli("--export-path", str(store))
+    assert mar == store / f"{DEFAULT_NAME}.mar"
+    return mar
 
 
 @pytest.fixture(scope="session")
@@ -74,13 +100,13 @@ def format_archives(tmp_path_factory):
     AOTInductor one is built without them (`--no-explain-weights`), so it answers 501."""
     from export.formats import FORMATS
 
-    work = tmp_path_factory.mktemp("formats")
+    store = tmp_path_factory.mktemp("formats") / "model_store"
     archives = {}
     for fmt in FORMATS:
-        (work / fmt).mkdir()
-        spec = default_spec(str(work / "model_store"), work / fmt, fmt, explain_weights=fmt != "aoti")
-        spec.name = f"lite0_{fmt}"
-        archives[fmt] = build_archive(spec)
+        no_explain = ["--no-explain-weights"] if fmt == "aoti" else []
+        archives[fmt] = built_by_cli("--format", fmt, "--name", f"lite0_{fmt}", "--export-path", str(store),
+                                     *no_explain)
+        assert archives[fmt] == store / f"lite0_{fmt}.mar"
     return archives
 
 

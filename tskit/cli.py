@@ -371,6 +371,9 @@ def cmd_forward(args) -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="tskit-forward-") as tmp:
         handler = in_process_handler(args.archive, tmp, args.batch, args.set)
+        if not hasattr(handler, "example_items"):  # a stock TorchServe handler: no inputs of its own to time
+            raise ValueError(f"{args.archive}: its handler {type(handler).__name__} is not built on this library's "
+                             "handlers, whose example inputs tskit forward times")
         batch = handler.collate(handler.example_items(args.batch))
         handler.forward(batch)
         done, start = 0, time.perf_counter()

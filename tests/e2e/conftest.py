@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,8 @@ REPO = CONFIG_DIR.parent
 TSKIT = [sys.executable, "-m", "tskit.cli"]
 # drift windows small enough for a test to fill them (per worker); the rest is the shipped config
 E2E_DRIFT = {"drift_window": 48, "drift_min_count": 24, "drift_every": 8}
+# how long a drift test scrapes for its gauges: a liveness bound for a loaded 2-core machine, not a speed one
+DRIFT_LIVENESS_S = 120
 SLOW_MODEL_FILE = Path(__file__).with_name("slow_model.py")
 
 
@@ -164,3 +167,20 @@ def stock_python(tmp_path_factory) -> str:
                            text=True, cwd=root)
     assert "No module named 'handlers'" in probe.stderr, "the stock Python must not see the project"
     return str(python)
+
+
+def wait_drift(client, until, what: str, **labels: str) -> dict[str, float]:
+    """TskitDriftPSI by feature once `until(values)` holds, scraped every 0.25 s for up to DRIFT_LIVENESS_S:
+    workers report metrics through their log, so the gauges trail the answers, and by more on a busy machine.
+    The scraping time is printed (`pytest -rP`), never asserted; the caller asserts on the values returned."""
+    def holds(values: dict) -> bool:
+        try:
+            return until(values)
+        except (KeyError, ValueError):  # a feature not reported yet
+            return False
+
+    start = time.monotonic()
+    values = client.wait_metric("TskitDriftPSI", "Feature", holds, timeout=DRIFT_LIVENESS_S, **labels)
+    print(f"{what}: TskitDriftPSI read after {time.monotonic() - start:.1f} s of scraping: "
+          + ", ".join(f"{k}={v:.2f}" for k, v in sorted(values.items())))
+    return values

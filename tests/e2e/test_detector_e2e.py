@@ -13,7 +13,7 @@ from export.zoo.detection import (
 from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
-from tests.e2e.conftest import REPO, TSKIT, drift_build_inputs
+from tests.e2e.conftest import REPO, TSKIT, drift_build_inputs, wait_drift
 
 MODEL = DETECTOR_NAME
 SETTINGS = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 10, "responseTimeout": 120}
@@ -102,11 +102,11 @@ def test_drift_gauges_rise_with_darkened_scenes(detector_server):
             assert all(r.status_code == 200 for r in pool.map(lambda im: c.predict(MODEL, scene_png(im)), images))
 
     send(fresh)
-    before = c.wait_metric("TskitDriftPSI", "Feature", lambda v: len(v) == 8 and all(v[ch] < 1.0 for ch in channels),
-                           ModelName=MODEL)
+    before = wait_drift(c, lambda v: len(v) == 8 and all(v[ch] < 1.0 for ch in channels), "fresh scenes",
+                        ModelName=MODEL)
     assert {"detections", "top_score"} <= set(before)
     send([ImageEnhance.Brightness(image).enhance(0.4) for image in fresh])
-    after = c.wait_metric("TskitDriftPSI", "Feature", lambda v: min(v[ch] for ch in channels) > 2.0, ModelName=MODEL)
+    after = wait_drift(c, lambda v: min(v[ch] for ch in channels) > 2.0, "darkened scenes", ModelName=MODEL)
     for channel in channels:
         assert before[channel] < 1.0 < 2.0 < after[channel], (before, after)
     print("in distribution", before, "\ndarkened", after)

@@ -12,7 +12,7 @@ from export.zoo import DEFAULT_NAME, SAMPLE_TOP1, guard_images
 from tskit.alerts import alert_metric_names
 from tskit.client import read_keys
 
-from tests.e2e.conftest import tskit_cli
+from tests.e2e.conftest import tskit_cli, wait_drift
 
 MODEL = DEFAULT_NAME
 
@@ -163,15 +163,15 @@ def test_drift_gauge_rises_with_darkened_photos(server):
 
     channels = ("red_mean", "green_mean", "blue_mean")
     send(photos)  # in distribution: mirrored reference photos, about half of them per worker
-    before = server.client.wait_metric("TskitDriftPSI", "Feature", lambda v: all(v.get(c, 9) < 1.0 for c in channels),
-                                       ModelName=MODEL)
+    before = wait_drift(server.client, lambda v: all(v.get(c, 9) < 1.0 for c in channels), "mirrored photos",
+                        ModelName=MODEL)
     send([ImageEnhance.Brightness(p).enhance(0.4) for p in photos])
-    after = server.client.wait_metric("TskitDriftPSI", "Feature", lambda v: min(v[c] for c in channels) > 2.0,
-                                      ModelName=MODEL)
+    after = wait_drift(server.client, lambda v: min(v[c] for c in channels) > 2.0, "darkened photos",
+                       ModelName=MODEL)
     for channel in channels:
         assert before[channel] < 1.0 < 2.0 < after[channel], (before, after)
     warning = "input drift: PSI above 0.20 for red_mean, green_mean, blue_mean"
-    assert warning in server.wait_log(warning)
+    assert warning in server.wait_log(warning, timeout=120)
 
 
 def test_every_metric_the_alerts_read_is_exported(server):

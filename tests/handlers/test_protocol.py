@@ -12,7 +12,7 @@ from ts.utils.util import PredictionException
 
 from export.golden import compare
 from export.zoo.text import load_split
-from handlers.protocol import is_numbers, v2_output
+from handlers.protocol import V2_INPUT, is_numbers, tensor_image, v2_output
 from handlers.text_classifier import TextClassifier
 from tskit.testing import load_handler, run_batch, run_envelope
 
@@ -114,3 +114,25 @@ def test_v2_outputs_numbers_as_fp32_and_the_rest_as_json_bytes():
     scores = envelope._to_json(v2_output({"cat": 0.75}), "image")
     assert scores["datatype"] == "BYTES" and json.loads(scores["data"][0]) == {"cat": 0.75}
     assert is_numbers([1, 2.5]) and not is_numbers([True]) and not is_numbers([]) and not is_numbers([{"a": 1}])
+
+
+# ---- found by fuzzing (tests/handlers/test_fuzz_decoding.py): each was a 5xx -------------------------------
+def test_v1_instances_that_are_not_a_list_are_a_400(text_handler):
+    for instances in (True, 5, "see you", {"text": "see you"}):
+        status, body = run_envelope(text_handler, "kserve", {"instances": instances})
+        assert status == 400 and [p["type"] for p in body["predictions"]] == ["MissingInstances"], (instances, body)
+
+
+def test_a_bytes_input_whose_shape_is_not_numbers_is_a_400(text_handler, messages):
+    for shape in ([None], [{}], [[1], [1]]):
+        request = {"inputs": [{"name": "t", "shape": shape, "datatype": "BYTES", "data": [messages[0]]}]}
+        status, body = run_envelope(text_handler, "kservev2", request)
+        assert status == 400 and outputs(body)["t"]["type"] == "ShapeMismatch", (shape, body)
+
+
+def test_a_multipart_field_named_like_the_v2_input_key_is_not_taken_for_one(classifier, photo_bytes):
+    png = photo_bytes["coffee.png"]
+    for spoofed in (bytearray(b"UINT8"), "UINT8", {"datatype": "UINT8", "shape": [1, 1, 3], "name": "x"}, [1]):
+        assert tensor_image({"data": png, V2_INPUT: spoofed}) is None
+        [(status, answer)] = run_batch(classifier, [{"data": bytearray(png), V2_INPUT: spoofed}])
+        assert status == 200 and next(iter(answer)) == "espresso", (spoofed, answer)
