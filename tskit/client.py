@@ -136,7 +136,7 @@ class TorchServeClient:
         return {sample[by]: value for sample, value in self.metric_samples().get(name, [])
                 if by in sample and all(sample.get(k) == v for k, v in labels.items())}
 
-    def wait_metric(self, name: str, by: str, until, timeout: float = 15, **labels: str) -> dict[str, float]:
+    def wait_metric(self, name: str, by: str, until, timeout: float = 120, **labels: str) -> dict[str, float]:
         """`metric_by` once `until(values)` holds (workers report metrics through their log, so a scrape can
         trail the answer by a moment); the last reading when `timeout` runs out."""
         deadline = time.monotonic() + timeout

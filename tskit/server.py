@@ -117,7 +117,7 @@ class TorchServeProcess:
         path = self.log_dir / name
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_log(self, *fragments: str, timeout: float = 30, name: str = "model_log.log") -> str:
+    def wait_log(self, *fragments: str, timeout: float = 120, name: str = "model_log.log") -> str:
         """The log once it holds every fragment, or as it is at the timeout.
 
         The frontend writes worker output to the log asynchronously, so a line about a request can land
