@@ -6,6 +6,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tskit.arguments import archive_file, fraction, one_line, out_folder, positive, setting, shape
 from tskit.client import ServerError, TorchServeClient
 from tskit.properties import read_properties
 
@@ -171,80 +172,6 @@ def cmd_optimize(args) -> int:
     sign_if_asked(result.archive, args.sign_key)
     print(result.archive)
     return 0
-
-
-# ---- what the commands below check before any work: one line from main(), never a traceback -------------
-def out_folder(path: str, option: str) -> Path:
-    """A folder the command writes into (created if missing); refused if it, or a folder above it, is a file."""
-    folder = Path(path)
-    for above in (folder, *folder.parents):
-        if above.exists():
-            if not above.is_dir():
-                where = "" if above == folder else f": {above}"
-                raise ValueError(f"{option} {path}{where} is a file, not a folder")
-            break
-    return folder
-
-
-def archive_file(path: str, what: str = "archive") -> Path:
-    """An existing .mar (a zip holding MAR-INF/MANIFEST.json), checked before anything is imported or loaded."""
-    mar = Path(path)
-    if not mar.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}" + (" (that is a folder)" if mar.is_dir() else ""))
-    if not zipfile.is_zipfile(mar):
-        raise ValueError(f"{path} is not a .mar archive")
-    with zipfile.ZipFile(mar) as zf:
-        if "MAR-INF/MANIFEST.json" not in zf.namelist():
-            raise ValueError(f"{path} is not a .mar archive (a zip without MAR-INF/MANIFEST.json)")
-    return mar
-
-
-def one_line(err: BaseException, limit: int = 400) -> str:
-    """An exception's message folded onto one line (torch's load_state_dict error spans several)."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def positive(kind):
-    """argparse type: a number of `kind` above 0 (a batch of 0 or -1 s of timing is a mistake, not a request)."""
-    def parse(text: str):
-        value = kind(text)  # a ValueError here is argparse's "invalid int value: 'x'"
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def fraction(text: str) -> float:
-    """argparse type: a share between 0 and 1 (0.99, not 99)."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.99 for 99%), got {text}")
-    return value
-
-
-fraction.__name__ = "float"
-
-
-def shape(text: str) -> list[int]:
-    """argparse type: an input shape as comma-separated positive sizes, batch first."""
-    try:
-        dims = [int(d) for d in text.split(",")]
-    except ValueError:
-        dims = []
-    if not dims or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape: comma-separated sizes above 0, batch first "
-                                         "(e.g. 2,3,224,224)")
-    return dims
-
-
-def setting(text: str) -> str:
-    """argparse type: one KEY=VALUE handler config override."""
-    key, sep, _ = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. precision=bf16)")
-    return text
 
 
 def cmd_samples(args) -> int:
