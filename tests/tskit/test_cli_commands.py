@@ -11,7 +11,6 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
 import torch
 import yaml
 from PIL import Image
@@ -104,19 +103,16 @@ def test_forward_measures_the_archives_forward_pass(default_mar):
     assert found and float(found.group(1)) > 0, result.stdout
 
 
-@pytest.mark.parametrize("overrides, code, rate", [
-    ([], 0, "100.00%"),  # the archive against itself: every view agrees
-    (["--set", "mean=[0.0,0.0,0.0]", "std=[1.0,1.0,1.0]"], 1, None),  # no normalisation: the guard says no
-])
-def test_accuracy_guards_top1_agreement_with_the_fp32_reference(default_mar, overrides, code, rate):
-    result = subprocess.run(TSKIT + ["accuracy", str(default_mar), "--reference", str(default_mar), *overrides],
+def test_accuracy_guards_top1_agreement_with_the_fp32_reference(default_mar):
+    """The archive without its normalisation against itself as the reference: the guard says no (exit 1) and
+    lists the disagreements (one run of the 96 guard views costs about 14 s here, so the passing case, the
+    same code with a rate above the threshold, is not run as well)."""
+    result = subprocess.run(TSKIT + ["accuracy", str(default_mar), "--reference", str(default_mar), "--set",
+                                     "mean=[0.0,0.0,0.0]", "std=[1.0,1.0,1.0]"],
                             capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert result.returncode == code and "Traceback" not in result.stderr, result.stdout + result.stderr[-2000:]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr[-2000:]
     summary = result.stdout.splitlines()[0]
     print(summary)
     found = re.search(r"top-1 agreement with the fp32 reference (\d+)/(\d+) = ([\d.]+%) \(threshold 99%\)", summary)
     assert found and int(found.group(2)) == 96, summary
-    if rate:
-        assert found.group(3) == rate
-    else:
-        assert int(found.group(1)) < 0.99 * 96 and len(result.stdout.splitlines()) > 1  # the disagreements, listed
+    assert int(found.group(1)) < 0.99 * 96 and len(result.stdout.splitlines()) > 1  # the disagreements, listed
