@@ -126,10 +126,11 @@ def recommended_config(archive: Path, row: dict) -> str:
 
 
 def best_per_archive(rows: list[dict], mode: str = "closed") -> dict[str, dict]:
-    """The highest-throughput error-free row of each archive."""
+    """The highest-throughput error-free row of each archive that completed a request (a server too slow for a
+    level's duration completes none, which measures nothing)."""
     best: dict[str, dict] = {}
     for row in rows:
-        if row["mode"] != mode or row["errors"]:
+        if row["mode"] != mode or row["errors"] or not row["throughput_rps"] > 0:
             continue
         if row["archive"] not in best or row["throughput_rps"] > best[row["archive"]]["throughput_rps"]:
             best[row["archive"]] = row
@@ -193,7 +194,8 @@ def write_reports(rows: list[dict], out_dir: Path, extra: dict | None = None) ->
     if extra and "compare" in extra:
         c = extra["compare"]
         text += (f"\n{c['candidate']} / {c['baseline']}: {c['ratio']}x the throughput "
-                 f"({c['candidate_rps']} vs {c['baseline_rps']} req/s, best error-free closed-loop configs)\n")
+                 f"({c['candidate_rps']} vs {c['baseline_rps']} req/s, best error-free closed-loop configs)\n"
+                 if c["ratio"] is not None else f"\n{c['candidate']} / {c['baseline']}: no ratio: {c['note']}\n")
     paths["markdown"].write_text(text)
     plot(rows, paths["png"])
     return paths
@@ -202,8 +204,10 @@ def write_reports(rows: list[dict], out_dir: Path, extra: dict | None = None) ->
 def compare_summary(rows: list[dict], baseline: str, candidate: str) -> dict:
     best = best_per_archive(rows)
     if baseline not in best or candidate not in best:
+        missing = " and ".join(name for name in (baseline, candidate) if name not in best)
         return {"baseline": baseline, "candidate": candidate, "ratio": None,
-                "note": "no error-free closed-loop run for one of the archives"}
+                "note": f"{missing}: no error-free closed-loop run that completed a request (a longer --duration "
+                        "lets a slow server finish some)"}
     b, c = best[baseline], best[candidate]
     return {"baseline": baseline, "candidate": candidate, "baseline_rps": b["throughput_rps"],
             "candidate_rps": c["throughput_rps"], "ratio": round(c["throughput_rps"] / b["throughput_rps"], 2),

@@ -20,7 +20,7 @@ def test_bench_compare_produces_rows_split_and_reports(bench_archives, tmp_path)
     stock, ours = bench_archives
     out = tmp_path / "bench"
     cli = subprocess.run([sys.executable, "-m", "tskit.cli", "bench", str(stock), str(ours), "--workers", "1",
-                          "--batch", "4", "--delay", "10", "--concurrency", "4", "--rate", "4", "--duration", "2",
+                          "--batch", "4", "--delay", "10", "--concurrency", "4", "--rate", "4", "--duration", "4",
                           "--warmup", "1", "--generator", "wrk", "--out", str(out)], capture_output=True, text=True,
                          timeout=600)
     assert cli.returncode == 0, cli.stderr[-3000:]

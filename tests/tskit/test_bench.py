@@ -61,6 +61,15 @@ def test_compare_takes_each_archives_best_error_free_run():
     assert summary["candidate_rps"] == 120.0
 
 
+def test_a_level_that_completed_nothing_measures_nothing(tmp_path):
+    """A baseline too slow for the level's duration (0 req/s, no errors) gives no ratio, not a division by zero."""
+    slow = [{**row, "throughput_rps": 0.0, "ok": 0} if row["archive"] == "stock" else row for row in rows()]
+    summary = compare_summary(slow, "stock", "ours")
+    assert summary["ratio"] is None and summary["note"].startswith("stock: no error-free closed-loop run")
+    table = write_reports(slow, tmp_path, {"compare": summary})["markdown"].read_text()
+    assert "ours / stock: no ratio: stock: no error-free" in table
+
+
 def test_reports_are_written(tmp_path):
     paths = write_reports(rows(), tmp_path, {"compare": compare_summary(rows(), "stock", "ours")})
     report = json.loads(paths["json"].read_text())
