@@ -548,13 +548,17 @@ def check_plain(served: Served, request: dict, valid_first: bool) -> None:
     same_answer(served, served.reference, good, "batch", alone=status >= 400)
 
 
+def with_valid_item(body, key: str, at: int, make_valid) -> tuple[bool, object, int]:
+    """(whether it could, the body, where) with a valid item spliced into its `key` list, when it has one."""
+    if not (isinstance(body, dict) and isinstance(body.get(key), list)):
+        return False, body, at
+    at = min(at, len(body[key]))
+    return True, {**body, key: body[key][:at] + [make_valid()] + body[key][at:]}, at
+
+
 def check_v1(served: Served, body, valid_at: int) -> None:
     """A v1 body through the envelope; when it carries a list of instances, a valid one joins them."""
-    with_valid = isinstance(body, dict) and isinstance(body.get("instances"), list)
-    if with_valid:
-        valid_at = min(valid_at, len(body["instances"]))
-        body = {**body, "instances": body["instances"][:valid_at] + [valid_instance(served.task)]
-                + body["instances"][valid_at:]}
+    with_valid, body, valid_at = with_valid_item(body, "instances", valid_at, lambda: valid_instance(served.task))
     result = through_envelope(served.handler, "kserve", body)
     if result is None:
         served.statuses["envelope"] += 1
@@ -580,11 +584,7 @@ def check_v1(served: Served, body, valid_at: int) -> None:
 
 def check_v2(served: Served, body, valid_at: int) -> None:
     """A v2 body through the envelope; when it carries a list of inputs, a valid one joins them."""
-    with_valid = isinstance(body, dict) and isinstance(body.get("inputs"), list)
-    if with_valid:
-        valid_at = min(valid_at, len(body["inputs"]))
-        body = {**body, "inputs": body["inputs"][:valid_at] + [valid_v2_input(served.task)]
-                + body["inputs"][valid_at:]}
+    with_valid, body, valid_at = with_valid_item(body, "inputs", valid_at, lambda: valid_v2_input(served.task))
     result = through_envelope(served.handler, "kservev2", json.loads(json.dumps(body)))
     if result is None:
         served.statuses["envelope"] += 1
