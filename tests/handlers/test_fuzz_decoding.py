@@ -556,6 +556,19 @@ def with_valid_item(body, key: str, at: int, make_valid) -> tuple[bool, object, 
     return True, {**body, key: body[key][:at] + [make_valid()] + body[key][at:]}, at
 
 
+def check_pieces(served: Served, reference, pieces: list, body: dict, key: str, valid_at: int | None) -> None:
+    """An envelope's answers, one per item of `body[key]`: each an answer or a JSON 4xx in its place; the valid
+    item spliced in at `valid_at` (None: none was) answered as it is alone."""
+    what = f"{'v1' if key == 'instances' else 'v2'} {key}"
+    for item in pieces:
+        if is_error(item):
+            assert 400 <= item["code"] < 500, f"{what}: {item!r:.600}"
+    if valid_at is not None:
+        assert len(pieces) == len(body[key]), f"one answer per item of {key}"
+        others = pieces[:valid_at] + pieces[valid_at + 1:]
+        same_answer(served, reference, pieces[valid_at], what, all(map(is_error, others)))
+
+
 def check_v1(served: Served, body, valid_at: int) -> None:
     """A v1 body through the envelope; when it carries a list of instances, a valid one joins them."""
     with_valid, body, valid_at = with_valid_item(body, "instances", valid_at, lambda: valid_instance(served.task))
@@ -573,13 +586,7 @@ def check_v1(served: Served, body, valid_at: int) -> None:
     assert "\n" not in phrase and "\r" not in phrase, f"v1 request: status phrase {phrase!r:.300}"
     predictions = answer["predictions"]
     assert isinstance(predictions, list)
-    for item in predictions:  # each instance: its answer, or its {code, type, message} in its place
-        if is_error(item):
-            assert 400 <= item["code"] < 500, f"v1 instance: {item!r:.600}"
-    if with_valid:
-        assert len(predictions) == len(body["instances"]), "one prediction per instance"
-        others = predictions[:valid_at] + predictions[valid_at + 1:]
-        same_answer(served, served.v1_reference, predictions[valid_at], "v1 instances", all(map(is_error, others)))
+    check_pieces(served, served.v1_reference, predictions, body, "instances", valid_at if with_valid else None)
 
 
 def check_v2(served: Served, body, valid_at: int) -> None:
@@ -598,13 +605,7 @@ def check_v2(served: Served, body, valid_at: int) -> None:
         check_answer(status, answer, phrase, "v2 request")
         return
     outputs = v2_outputs(answer)
-    for item in outputs:
-        if is_error(item):
-            assert 400 <= item["code"] < 500, f"v2 input: {item!r:.600}"
-    if with_valid:
-        assert len(outputs) == len(body["inputs"]), "one output per input"
-        others = outputs[:valid_at] + outputs[valid_at + 1:]
-        same_answer(served, served.v2_reference, outputs[valid_at], "v2 inputs", all(map(is_error, others)))
+    check_pieces(served, served.v2_reference, outputs, body, "inputs", valid_at if with_valid else None)
 
 
 PROPERTIES = {
