@@ -138,15 +138,16 @@ class OpenVinoModel(CompiledModel):
     (NNCF post-training quantization) runs its int8 kernels on every CPU, the rest of it in the hint.
 
     An IR whose input is uint8 (`tskit optimize` writes them) takes NHWC pixels and normalises them itself, with
-    the mean and std (0..1 units) recorded in its rt_info under tskit/mean and tskit/std: `takes_pixels`."""
+    the mean and std (0..1 units) recorded in its rt_info under tskit/mean and tskit/std: `takes_pixels`.
+    `source` is the `.xml` path, or a model already in memory (`tskit optimize` compiles its edits of one)."""
 
-    def __init__(self, path: str, threads: int, precision: str = "fp32"):
+    def __init__(self, source, threads: int, precision: str = "fp32"):
         import json
 
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(path)
+        model = core.read_model(source) if isinstance(source, (str, os.PathLike)) else source
         bf16 = precision == "bf16"
         if bf16 and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             logger.warning("OpenVINO: bf16 asked for, but this CPU has no native bf16; running in f32")

@@ -76,3 +76,13 @@ def setting(text: str) -> str:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. precision=bf16)")
     return text
+
+
+def candidate_names(text: str) -> list[str]:
+    """argparse type: `tskit optimize --only`'s comma list, every name a known candidate."""
+    from export.optimize.candidates import parse_only
+
+    try:
+        return parse_only(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

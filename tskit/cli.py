@@ -6,7 +6,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tskit.arguments import archive_file, fraction, one_line, out_folder, positive, setting, shape
+from export.optimize.candidates import DEFAULT_BUDGET_S, known_names
+from tskit.arguments import archive_file, candidate_names, fraction, one_line, out_folder, positive, setting, shape
 from tskit.client import ServerError, TorchServeClient
 from tskit.properties import read_properties
 
@@ -149,22 +150,18 @@ def cmd_bench(args) -> int:
 
 def cmd_optimize(args) -> int:
     """The fastest engine on this machine that passes the accuracy guard, written as an archive."""
-    import time
     import warnings
 
-    from export.optimize import optimize_archive
+    from export.optimize.guard import Thresholds
+    from export.optimize.run import Settings, optimize_archive
 
     # OpenVINO 2026.4's torch frontend probes a torch._dynamo setting that torch 2.14 deprecated: noise, not news
     warnings.filterwarnings("ignore", message="torch._dynamo.config.inline_inbuilt_nn_modules", category=FutureWarning)
-    start = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
-
+    settings = Settings(Thresholds(args.min_agreement, args.min_top5), args.views, args.cores, args.seconds,
+                        args.budget, args.version, args.only)
     with tempfile.TemporaryDirectory(prefix="tskit-optimize-") as tmp:
-        result = optimize_archive(args.archive, args.calibration, args.export_path, Path(tmp), args.min_agreement,
-                                  args.min_top5, args.views, args.cores, args.seconds, args.version,
-                                  [c for c in (args.only or "").split(",") if c] or None, log=log)
+        result = optimize_archive(args.archive, args.calibration, args.export_path, Path(tmp), settings,
+                                  log=lambda message: print(message, flush=True))
     print(result.report.table())
     if result.archive is None:
         print("no candidate passes the guard: nothing written", file=sys.stderr)
@@ -630,17 +627,22 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--calibration", required=True, help="a folder of photos like the ones it will serve (a "
                                                          "handful is enough: views are made from them, some held out)")
     op.add_argument("--export-path", default="optimized", help="where the optimized archive goes")
-    op.add_argument("--min-agreement", type=float, default=0.99,
+    op.add_argument("--min-agreement", type=fraction, default=0.99,
                     help="(a) top-1 agreement with the fp32 reference on the views it is confident about")
-    op.add_argument("--min-top5", type=float, default=0.99, help="(b) share of views with the reference's top-1 in "
-                                                                 "the candidate's top 5")
-    op.add_argument("--views", type=int, default=600, help="views made from the photos (at least 500)")
+    op.add_argument("--min-top5", type=fraction, default=0.99, help="(b) share of views with the reference's top-1 "
+                                                                     "in the candidate's top 5")
+    op.add_argument("--views", type=positive(int), default=600, help="views made from the photos (at least 500)")
     op.add_argument("--cores", type=int, default=0, help="cores to divide among workers (default: usable cores)")
-    op.add_argument("--seconds", type=float, default=2.0, help="seconds per speed measurement")
+    op.add_argument("--seconds", type=positive(float), default=2.0, help="seconds per speed measurement")
+    op.add_argument("--budget", type=positive(float), default=DEFAULT_BUDGET_S,
+                    help=f"seconds for the whole run (default {DEFAULT_BUDGET_S}): the search for a mixed int8 "
+                         "variant stops early enough to leave the speed measurements and the build their time")
     op.add_argument("--version", help="version of the optimized archive (default: the archive's; another one lets "
                                       "tskit rollout put it beside the original)")
     op.add_argument("--sign-key", help="sign the optimized archive with this private key (PEM; tskit keygen)")
-    op.add_argument("--only", help="comma list of candidates to try, e.g. 'openvino fp32,openvino int8'")
+    op.add_argument("--only", type=candidate_names, metavar="NAMES",
+                    help="comma list of candidates to try, e.g. openvino-fp32,openvino-int8 (names: "
+                         + ", ".join(known_names()) + ")")
     op.set_defaults(func=cmd_optimize)
 
     sa = sub.add_parser("samples", help="copy the real sample photos shipped in installed packages")

@@ -1,0 +1,71 @@
+"""The accuracy guard `tskit optimize` holds every candidate to, against the fp32 reference on the same views.
+
+(a) top-1 agreement on the views where the reference is confident (top-1 probability >= CONFIDENT) at least
+`min_confident`; (b) the reference's top-1 inside the candidate's top 5 on at least `min_top5` of all views.
+Overall agreement is reported but not judged: where the reference itself hesitates between two labels, a
+faithful candidate may pick the other one.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CONFIDENT = 0.5  # the reference's top-1 probability above which a view counts as confident
+
+
+@dataclass
+class Thresholds:
+    min_confident: float = 0.99
+    min_top5: float = 0.99
+
+
+@dataclass
+class GuardResult:
+    views: int
+    confident_views: int
+    overall: float  # top-1 agreement on all views
+    confident: float  # (a) top-1 agreement where the reference is confident
+    top5: float  # (b) the reference's top-1 in the candidate's top 5
+    held_out_confident: float  # (a) on the photos calibration never saw
+
+    def refusal(self, thresholds: Thresholds) -> str | None:
+        """Why the guard refuses these figures, or None when they pass."""
+        if self.confident < thresholds.min_confident:
+            return f"confident agreement {self.confident:.1%} < {thresholds.min_confident:.1%}"
+        if self.top5 < thresholds.min_top5:
+            return f"top-5 containment {self.top5:.1%} < {thresholds.min_top5:.1%}"
+        return None
+
+    def margin(self, thresholds: Thresholds) -> float:
+        """How far the worse of (a) and (b) clears its threshold (negative: refused by that much)."""
+        return min(self.confident - thresholds.min_confident, self.top5 - thresholds.min_top5)
+
+    def summary(self) -> str:
+        return (f"overall {self.overall:.1%}, confident {self.confident:.1%} of {self.confident_views}, "
+                f"top-5 {self.top5:.1%}")
+
+
+def guard(reference: torch.Tensor, candidate: torch.Tensor, held_out: np.ndarray) -> GuardResult:
+    """Compare [N, classes] logits of a candidate with the reference's on the same views."""
+    probs = torch.softmax(reference.float(), dim=1)
+    top_p, ref_top1 = probs.max(dim=1)
+    agree = candidate.float().argmax(dim=1) == ref_top1
+    k = min(5, candidate.shape[1])
+    in_top5 = (candidate.float().topk(k, dim=1).indices == ref_top1[:, None]).any(dim=1)
+    confident = top_p >= CONFIDENT
+    held = torch.from_numpy(held_out) & confident
+
+    def share(mask: torch.Tensor, where: torch.Tensor) -> float:
+        return float(mask[where].float().mean()) if where.any() else 1.0
+
+    everywhere = torch.ones_like(agree)
+    return GuardResult(len(agree), int(confident.sum()), share(agree, everywhere), share(agree, confident),
+                       share(in_top5, everywhere), share(agree, held))
+
+
+def divergence(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """Per view, KL(reference || candidate) of the softmax outputs: how far a candidate strays, continuously
+    (the int8 search ranks layers by it where the guard's counts move too little to tell them apart)."""
+    log_ref = torch.log_softmax(reference.float(), dim=1)
+    log_cand = torch.log_softmax(candidate.float(), dim=1)
+    return (log_ref.exp() * (log_ref - log_cand)).sum(dim=1)
