@@ -180,8 +180,12 @@ def build_archive(spec: ArchiveSpec) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed ({result.returncode}):\n{result.stderr}")
         mar = Path(spec.export_path) / f"{spec.name}.mar"
-        seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs, requirements,
-                     asdict(user) if user else None, spec.manifest_extra)
+        try:
+            seal_archive(mar, spec.golden_inputs, config, stage, spec.reference_inputs, requirements,
+                         asdict(user) if user else None, spec.manifest_extra)
+        except BaseException:  # an archive that could not be sealed (refused, or failed) must not be served
+            mar.unlink(missing_ok=True)
+            raise
     return mar
 
 

@@ -58,7 +58,7 @@ def seal_archive(mar: Path, golden: list, config: dict, work_dir: Path, referenc
     unpacked = unpack_archive(mar, work_dir / "unpacked")
     cases = [{"input": f"golden/{g.name}", "content_type": g.content_type} for g in golden]
     references = reference_cases(list(reference_inputs), work_dir) if reference_inputs else None
-    out = replay(unpacked, cases, work_dir, references, sealing=True) if cases or references else None
+    out = replay(unpacked, cases, work_dir, references, sealing=True)  # loads and runs it once, even without cases
     reference = add_reference(mar, unpacked, out and out["reference"])
     info = json.loads((unpacked / "MAR-INF" / "MANIFEST.json").read_text())["model"]
     model_file = info.get("modelFile")

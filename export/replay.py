@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path, reference: list[dict] | None = None,
            sealing: bool = False) -> dict:
@@ -29,9 +31,44 @@ def replay(model_dir: str | Path, cases: list[dict], work_dir: str | Path, refer
     env = {**os.environ, SEALING_ENV: "1"} if sealing else None
     result = subprocess.run([sys.executable, "-m", "export.replay", str(model_dir), str(job_file), str(out_file)],
                             capture_output=True, text=True, env=env)
+    refusal = [line[len(REFUSAL):] for line in result.stderr.splitlines() if line.startswith(REFUSAL)]
+    if refusal:
+        raise ValueError(refusal[-1])
     if result.returncode != 0:
         raise RuntimeError(f"running the archive's handler failed:\n{result.stderr[-4000:]}")
     return json.loads(out_file.read_text())
+
+
+REFUSAL = "tskit-refusal: "  # the line a replay ends with when the archive cannot serve: said as is, in one line
+
+
+def describe_input(batch) -> str:
+    if isinstance(batch, dict):
+        return "{" + ", ".join(f"{k}: {describe_input(v)}" for k, v in batch.items()) + "}"
+    if isinstance(batch, (list, tuple)):
+        return "[" + ", ".join(describe_input(v) for v in batch) + "]"
+    shape = getattr(batch, "shape", None)
+    return f"{list(shape)} {str(batch.dtype).replace('torch.', '')}" if shape is not None else type(batch).__name__
+
+
+def run_once(handler, batch_size: int) -> None:
+    """The handler's example input through its model at batch 1 and at the archive's batch size, as a worker's
+    warm-up runs it: a model that cannot take what the config produces (a fixed 240 x 240 ONNX input behind
+    `crop: 224`, say) is refused here, naming both shapes, instead of failing every worker at load."""
+    for n in sorted({1, batch_size}):
+        try:
+            items = handler.example_items(n)
+        except NotImplementedError:  # a new task that has not written it yet: nothing to run
+            return
+        batch = handler.collate(items)
+        try:
+            handler.forward(batch)
+        except Exception as err:
+            expected = getattr(handler.model, "input_shape", None)
+            wants = f"; the {handler.model_format} model takes {expected}" if expected else ""
+            message = " ".join(str(err).split())[:300]
+            sys.exit(f"{REFUSAL}the model cannot take the input its config produces: a batch of {n} is "
+                     f"{describe_input(batch)}{wants} ({type(err).__name__}: {message})")
 
 
 def _main(model_dir: str, job_file: str, out_file: str) -> None:
@@ -41,7 +78,14 @@ def _main(model_dir: str, job_file: str, out_file: str) -> None:
     from export.inprocess import handler_class, load_handler, run_batch
     from export.reference import reference_of
 
-    handler = load_handler(handler_class(root), root)
+    from handlers.base import TskitHandler
+
+    config_name = json.loads((root / "MAR-INF" / "MANIFEST.json").read_text())["model"].get("configFile")
+    batch_size = int((yaml.safe_load((root / config_name).read_text()) or {}).get("batchSize", 1)) if config_name else 1
+    handler = load_handler(handler_class(root), root, batch_size=batch_size,
+                           yaml_overrides={"handler": {"warmup": False}})
+    if isinstance(handler, TskitHandler):
+        run_once(handler, batch_size)
     job = json.loads(Path(job_file).read_text())
     try:
         reference = reference_of(handler, job["reference"]) if job["reference"] else None

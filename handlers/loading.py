@@ -126,6 +126,7 @@ class OnnxModel(CompiledModel):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape  # names for dynamic sizes ("batch")
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -154,6 +155,7 @@ class OpenVinoModel(CompiledModel):
             bf16 = False
         int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         self.takes_pixels = model.inputs[0].get_element_type() == ov.Type.u8
+        self.input_shape = str(model.inputs[0].get_partial_shape())  # "?" for a dynamic size
         self.pixel_mean = self.pixel_std = None
         if self.takes_pixels:
             self.fixed_dtype = torch.uint8

@@ -155,7 +155,7 @@ def optimized(format_archives, calibration_photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("optimized")
     result = subprocess.run([sys.executable, "-m", "tskit.cli", "optimize", str(format_archives["onnx"]),
                              "--calibration", str(calibration_photos), "--export-path", str(out), "--views", "500",
-                             "--seconds", "0.3", "--only", "openvino fp32,openvino int8"],
+                             "--seconds", "0.3", "--only", "openvino-fp32,openvino-int8"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout, out / "lite0_onnx.mar"

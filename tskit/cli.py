@@ -365,23 +365,33 @@ def client_for(args) -> TorchServeClient:
 
 
 def cmd_serve(args) -> int:
-    from tskit.server import expected_workers, start_background
+    from tskit.properties import resolved_properties
+    from tskit.server import start_background
+    from tskit.serving_config import archive_settings, configured_settings, disagreements, loaded_archives
 
     client = client_for(args)
     if client.ping():
         print("TorchServe is already running; `tskit stop` (or `make stop`) first", file=sys.stderr)
         return 1
+    props = resolved_properties(args.config)
+    models = loaded_archives(props)
+    if not models:
+        raise ValueError(f"{args.config} loads no archive at start: its load_models ({props.get('load_models')!r}) "
+                         f"names none in {props.get('model_store')}")
     if not store_is_trusted(args):
         return 1
     code = start_background(args.config, args.workdir)
     if code != 0:
         print(f"torchserve --start failed ({code}); see logs/torchserve.out", file=sys.stderr)
         return code
-    models = expected_workers(read_properties(args.config))
     try:
-        for model, workers in models.items():
-            client.wait_ready(model, workers, timeout=args.timeout)
-            print(f"{model}: {workers} worker(s) READY")
+        for model, mar in models.items():
+            registered = client.wait_registered(model, timeout=args.timeout)
+            for line in disagreements(model, configured_settings(props, model), archive_settings(mar), registered):
+                print(line)
+            client.wait_served(model, timeout=args.timeout)
+            print(f"{model}: {registered['minWorkers']} worker(s) READY, batch size {registered['batchSize']}, "
+                  f"max batch delay {registered['maxBatchDelay']} ms (as TorchServe registered it)")
     except ServerError as err:
         print(f"{err}\nsee logs/model_log.log", file=sys.stderr)
         return 1

@@ -112,6 +112,40 @@ class TorchServeClient:
         r.raise_for_status()
         return r.json()
 
+    def registered(self, model: str) -> dict | None:
+        """The default version's describe answer (minWorkers, batchSize, workers...); None while `model` is not
+        registered."""
+        r = self.management("GET", f"/models/{model}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json()[0]
+
+    def wait_registered(self, model: str, timeout: float = 300, proc=None) -> dict:
+        """Block until TorchServe has registered `model`; its describe answer. Raise early if `proc` exits."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServerError(f"TorchServe exited with code {proc.returncode} while waiting for {model}")
+            try:
+                answer = self.registered(model)
+                if answer is not None:
+                    return answer
+                last = "not registered"
+            except (requests.RequestException, ValueError) as err:
+                last = str(err)
+            time.sleep(0.5)
+        raise ServerError(f"{model} not registered after {timeout:.0f}s: {last}")
+
+    def wait_served(self, model: str, timeout: float = 300, proc=None) -> dict:
+        """Block until `model` is registered and has as many READY workers as TorchServe registered it with (its
+        describe answer's minWorkers, whatever a config file says); returns that answer."""
+        start = time.monotonic()
+        answer = self.wait_registered(model, timeout, proc)
+        self.wait_ready(model, int(answer.get("minWorkers", 1)), timeout - (time.monotonic() - start), proc)
+        return answer
+
     def ready_workers(self, model: str) -> int:
         return sum(w.get("status") == "READY" for v in self.describe(model) for w in v.get("workers", []))
 

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from tskit.client import TorchServeClient
-from tskit.properties import model_settings, resolved_properties, write_properties
+from tskit.properties import resolved_properties, write_properties
+from tskit.serving_config import loaded_archives
 
 PORT_KEYS = {
     "inference_address": "http://127.0.0.1:{}",
@@ -35,15 +36,6 @@ def torchserve_launcher() -> str:
     """The `torchserve` script installed beside this Python."""
     exe = Path(sys.executable).with_name("torchserve")
     return str(exe) if exe.exists() else "torchserve"
-
-
-def expected_workers(props: dict) -> dict[str, int]:
-    """{model: minWorkers} for every model the config loads at start, from its `models=` JSON."""
-    out = {}
-    for model, versions in model_settings(props).items():
-        for settings in versions.values():
-            out[model] = max(out.get(model, 0), int(settings.get("minWorkers", 1)))
-    return out
 
 
 class TorchServeProcess:
@@ -82,8 +74,8 @@ class TorchServeProcess:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             try:
-                for model, workers in expected_workers(self.props).items():
-                    self.client.wait_ready(model, workers, timeout=timeout, proc=self.proc)
+                for model in loaded_archives(self.props):  # the workers TorchServe registered, not a config's
+                    self.client.wait_served(model, timeout=timeout, proc=self.proc)
             except Exception:
                 self.stop()
                 raise
