@@ -108,6 +108,11 @@ EXPORT = ["export", "t", "--model-file", "{tiny_cli_model}", "--weights", "{tiny
     (["accuracy", "{fake}", "--reference", "{fake}", "--threshold", "99"],
      "error: argument --threshold: must be between 0 and 1 (0.99 for 99%), got 99"),
     (["accuracy", "{fake}", "--reference", "{fake}", "--set", "=bf16"], "error: argument --set: '=bf16' is not KEY=VALUE"),
+    (["optimize", "{fake}", "--calibration", "{folder}", "--only", "openvino int8"],
+     "error: argument --only: --only: unknown candidate 'openvino int8'; known: onnxruntime-fp32, openvino-fp32"),
+    (["optimize", "{fake}", "--calibration", "{folder}", "--min-agreement", "99"],
+     "error: argument --min-agreement: must be between 0 and 1 (0.99 for 99%), got 99"),
+    (["optimize", "{fake}", "--calibration", "{folder}", "--budget", "0"], "error: argument --budget: must be above 0"),
 ])
 def test_each_wrong_file_or_bad_value_is_one_line(files, capsys, args, expected):
     argv = [a.format(**files) for a in args]

@@ -1,8 +1,9 @@
-import yaml
+import pytest
 
-from export.zoo import CONFIG_DIR, DEFAULT_NAME
+from export.zoo import CONFIG_DIR
 from tskit.properties import model_settings, read_properties, serve_overrides, write_properties
-from tskit.server import expected_workers
+from tskit.serving_config import (SERVING_KEYS, archive_settings, configured_settings, disagreements,
+                                  loaded_archives)
 
 REPO = CONFIG_DIR.parent
 
@@ -13,7 +14,7 @@ def test_continuation_lines_and_comments(tmp_path):
     props = read_properties(path)
     assert props["a"] == "1" and props["b"] == "two"
     assert model_settings(props) == {"m": {"1.0": {"minWorkers": 3}}}
-    assert expected_workers(props) == {"m": 3}
+    assert configured_settings(props, "m") == {"minWorkers": 3}
 
 
 def test_serve_overrides_load_each_model_as_its_default_version(tmp_path):
@@ -24,7 +25,7 @@ def test_serve_overrides_load_each_model_as_its_default_version(tmp_path):
     assert model_settings(props) == {
         "a": {"1.0": {"defaultVersion": True, "marName": "a.mar", "minWorkers": 2, "batchSize": 4}},
         "b": {"1.0": {"defaultVersion": True, "marName": "b.mar"}}}
-    assert expected_workers(props) == {"a": 2, "b": 1}
+    assert configured_settings(props, "a") == {"minWorkers": 2, "batchSize": 4}
 
 
 def test_shipped_config_is_secure_and_local():
@@ -40,10 +41,46 @@ def test_shipped_config_is_secure_and_local():
     assert int(props["job_queue_size"]) > 0, "a bounded queue: excess requests get a fast 503"
 
 
-def test_shipped_config_matches_the_default_archive_config():
-    """config.properties' models={...} and config/<model>.yaml must not drift apart."""
+def test_shipped_config_leaves_how_models_are_served_to_their_archives():
+    """One source of truth: workers, batch size and delay live in the archive's model-config.yaml (written by
+    tskit build or measured by tskit optimize), which TorchServe 0.12 uses over a models= entry anyway."""
     props = read_properties(REPO / "config.properties")
-    archive_config = yaml.safe_load((CONFIG_DIR / f"{DEFAULT_NAME}.yaml").read_text())
-    settings = model_settings(props)[DEFAULT_NAME]["1.0"]
-    for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
-        assert settings[key] == archive_config[key], key
+    assert "models" not in props and "model_snapshot" not in props
+    assert props["load_models"] == "efficientnet_lite0.mar"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two stand-in image classifier archives: one served by 1 worker, one by 2 (as tskit optimize may choose)."""
+    from export.archive import ArchiveSpec, build_archive
+    from tskit.stand_in import stand_in_files
+
+    work = tmp_path_factory.mktemp("serving-config")
+    files = stand_in_files("image_classifier", work / "stand-in")
+    for name, workers in (("one", 1), ("two", 2)):
+        build_archive(ArchiveSpec(name=name, serialized_file=files.serialized_file, model_file=files.model_file,
+                                  labels=files.labels, export_path=str(work / "store"),
+                                  config={"minWorkers": workers, "maxWorkers": workers, "batchSize": 4}))
+    return work / "store"
+
+
+def test_loaded_archives_are_named_by_the_archive_or_the_config(store):
+    assert loaded_archives({"model_store": str(store), "load_models": "one.mar"}) == {"one": store / "one.mar"}
+    assert loaded_archives({"model_store": str(store), "load_models": "all"}) == {
+        "one": store / "one.mar", "two": store / "two.mar"}
+    assert loaded_archives({"model_store": str(store), "load_models": "renamed=two.mar, missing.mar"}) == {
+        "renamed": store / "two.mar"}
+    assert archive_settings(store / "two.mar") == {"minWorkers": 2, "maxWorkers": 2, "batchSize": 4,
+                                                   "maxBatchDelay": 10, "responseTimeout": 120}
+
+
+def test_a_config_that_disagrees_with_its_archive_is_one_line_per_number():
+    configured = {"minWorkers": 2, "maxWorkers": 2, "batchSize": 8}
+    archive = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8}
+    lines = disagreements("m", configured, archive, {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8})
+    assert lines == ["m: config.properties says minWorkers 2, the archive's model-config.yaml says 1; TorchServe "
+                     "registered 1 (the archive's)",
+                     "m: config.properties says maxWorkers 2, the archive's model-config.yaml says 1; TorchServe "
+                     "registered 1 (the archive's)"]
+    assert disagreements("m", {}, archive, archive) == []
+    assert set(SERVING_KEYS) >= set(configured)
