@@ -170,7 +170,6 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
         if clock.elapsed() > settings.budget_s - reserve() and not candidate.as_built:
             candidate.verdict = f"skipped: the {settings.budget_s:.0f} s budget is spent"
             continue
-        clock.log(f"{candidate.name}: preparing")
         if candidate.engine == "onnxruntime" and not candidate.as_built:
             if artifacts.onnx is None:
                 candidate.verdict = f"skipped: {artifacts.onnx_error}"
@@ -180,7 +179,8 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
             candidate.files = [str(artifacts.int8)]
         elif candidate.quantize == "mixed":
             if not mixed_int8_row(candidate, candidates, artifacts, reference_logits, held_out, thresholds, cores,
-                                  clock.deadline(reserve()), clock, settings.budget_s, work):
+                                  clock.deadline(reserve()), clock, settings.budget_s):
+                clock.log(f"{candidate.name}: {candidate.verdict}")
                 continue
         elif candidate.engine == "openvino":
             candidate.files = [str(artifacts.ir)]
@@ -235,7 +235,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
 
 def mixed_int8_row(candidate: Candidate, candidates: list[Candidate], artifacts: Artifacts, reference: torch.Tensor,
                    held_out: np.ndarray, thresholds: Thresholds, cores: int, deadline: float, clock: Clock,
-                   budget_s: float, work: Path) -> bool:
+                   budget_s: float) -> bool:
     """Prepare an openvino-int8-mixed row: skipped where a plain int8 row passes; else the search runs (once, for
     both mixed rows) and its passing model becomes the row's IR. False when the row is settled without judging."""
     from export.optimize import mixed_int8
