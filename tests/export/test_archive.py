@@ -86,3 +86,28 @@ def test_build_explain_weights_make_an_onnx_archive_explain(tmp_path):
             assert status == 200 and body["target"] == next(iter(prediction)), body
         else:
             assert status == 501 and "compiled (onnx)" in body["message"]
+
+
+@pytest.mark.parametrize("config, refused", [
+    ({"handler": {"resize": 28, "crop": 24}}, "a batch of 1 is [1, 3, 24, 24] float32; the onnx model takes "
+                                             "[1, 3, 32, 32]"),
+    ({"batchSize": 4, "handler": {"resize": 36, "crop": 32}}, "a batch of 4 is [4, 3, 32, 32] float32; the onnx "
+                                                              "model takes [1, 3, 32, 32]"),
+])
+def test_a_model_that_cannot_take_what_its_config_produces_is_refused_at_build(config, refused, tmp_path):
+    """A fixed-shape ONNX export (32 x 32, batch 1) behind a config that crops 24, or batches 4: the build runs it
+    once as a worker would and refuses it in one line naming both shapes, leaving no archive behind."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    model(torch.zeros(1, 3, 32, 32))
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(tmp_path / "fixed.onnx"), dynamo=False)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"0": "a", "1": "b", "2": "c"}))
+    spec = ArchiveSpec(name="fixed", serialized_file=str(tmp_path / "fixed.onnx"), labels=str(labels),
+                       config={**config, "handler": {**config["handler"], "topk": 3}},
+                       export_path=str(tmp_path / "store"))
+    with pytest.raises(ValueError, match="the model cannot take the input its config produces") as refusal:
+        build_archive(spec)
+    assert refused in str(refusal.value) and "\n" not in str(refusal.value)
+    assert not (tmp_path / "store" / "fixed.mar").exists()
