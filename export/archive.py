@@ -134,7 +134,7 @@ def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path, UserHandle
         for golden in spec.golden_inputs:
             (bundle / "golden" / golden.name).write_bytes(golden.payload)
     if user_file is None:
-        return HANDLERS_DIR / handlers.TASKS[spec.handler][0], bundle, None
+        return HANDLERS_DIR / handlers.TASKS[spec.handler].file, bundle, None
     user = inspect_handler(bundle, stage_user_module(user_file, bundle), stage)
     if spec.reference_inputs and user.kind != "tskit":
         raise ValueError(f"{user.module}.{user.class_name} derives from TorchServe's classes, which have no drift "

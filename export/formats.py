@@ -10,12 +10,16 @@
 
 The first axis of every input is exported as dynamic (batch) so TorchServe's batching works.
 """
+from __future__ import annotations  # torch is imported where it is used: the CLI reads FORMATS first
+
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("eager", "torchscript", "onnx", "openvino", "aoti")
 MAX_BATCH = 256
@@ -29,6 +33,8 @@ class Exported:
 
 
 def _batch_dim():
+    import torch
+
     return torch.export.Dim("batch", min=1, max=MAX_BATCH)
 
 
@@ -37,6 +43,8 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, fmt: str, out_di
     """Write `model` in format `fmt` under `out_dir`. `example` is one input batch (batch >= 2 keeps
     tracing from specialising on a batch of 1). The eager format needs `model_file`, the Python file
     that defines the model's class, copied beside the weights."""
+    import torch
+
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out_dir)

@@ -10,12 +10,4 @@ from handlers.integrity import check_enclosing_archive as _check_enclosing_archi
 
 _check_enclosing_archive(_Path(__file__).parent)
 
-# Task handlers: the name `tskit build --handler` takes -> (module file in this package, class name).
-# Each module defines exactly one class (TorchServe's rule for a handler file).
-TASKS = {
-    "image_classifier": ("image_classifier.py", "ImageClassifier"),
-    "image_segmenter": ("image_segmenter.py", "ImageSegmenter"),
-    "object_detector": ("object_detector.py", "ObjectDetector"),
-    "tensor": ("tensor.py", "TensorHandler"),
-    "text_classifier": ("text_classifier.py", "TextClassifier"),
-}
+from handlers.tasks import TASKS  # noqa: E402  (the registry: tskit build --handler NAME)

@@ -6,13 +6,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from export.formats import FORMATS
 from export.optimize.candidates import DEFAULT_BUDGET_S, known_names
+from handlers.tasks import TASKS, scaffold_bases
 from tskit.arguments import archive_file, candidate_names, fraction, one_line, out_folder, positive, setting, shape
 from tskit.client import ServerError, TorchServeClient
 from tskit.properties import read_properties
 
 
-FORMAT_CHOICES = ["eager", "torchscript", "onnx", "openvino", "aoti"]  # export.formats.FORMATS, without importing torch
 
 
 def cmd_build(args) -> int:
@@ -583,9 +584,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--serialized-file", required=True, help="state_dict (.pt/.pth) or TorchScript file")
     b.add_argument("--model-file", help="Python file defining the nn.Module (for a state_dict)")
     b.add_argument("--handler", default="image_classifier",
-                   help="a task (image_classifier, object_detector, text_classifier, tensor, image_segmenter) or "
-                        "your own handler file (my_handler.py), whose one class subclasses a handler of this "
-                        "library, a TorchServe stock handler or BaseHandler")
+                   help=f"a task ({', '.join(TASKS)}) or your own handler file (my_handler.py), whose one class "
+                        "subclasses a handler of this library, a TorchServe stock handler or BaseHandler")
     b.add_argument("--labels", help="index_to_name.json")
     b.add_argument("--config", help="model-config.yaml (batching, workers, `handler:` section)")
     b.add_argument("--export-path", default="model_store")
@@ -617,7 +617,7 @@ def parser() -> argparse.ArgumentParser:
     nh = nw_sub.add_parser("handler", help="a handler of your own on one of this library's handlers")
     nh.add_argument("name", help="module name of the handler file (NAME.py)")
     nh.add_argument("--from", dest="base", required=True,
-                    choices=["image_classifier", "object_detector", "text_classifier", "tensor", "base"],
+                    choices=list(scaffold_bases()),
                     help="the handler to build on (base: TskitHandler itself, for a new task)")
     nh.add_argument("--out", default=".", help="folder to write into (default: here)")
     nh.set_defaults(func=cmd_new)
@@ -625,7 +625,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("build-default", help="build the default EfficientNet-Lite0 archive")
     d.add_argument("--export-path", default="model_store")
     d.add_argument("--stock", action="store_true", help="instead, the same weights behind TorchServe's stock handler")
-    d.add_argument("--format", default="eager", choices=FORMAT_CHOICES)
+    d.add_argument("--format", default="eager", choices=FORMATS)
     d.add_argument("--name", help="archive name (default efficientnet_lite0)")
     d.add_argument("--no-explain-weights", action="store_true",
                    help="ONNX/AOTInductor: leave out the eager weights that /explanations runs on (then 501)")
@@ -668,7 +668,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model-class", help="which class of the model file, when it defines several")
     e.add_argument("--weights", required=True, help="state_dict or training checkpoint (Lightning .ckpt too)")
     e.add_argument("--strip-prefix", help="key prefix to drop, e.g. 'model.' for a LightningModule attribute")
-    e.add_argument("--format", nargs="+", default=["eager"], choices=FORMAT_CHOICES)
+    e.add_argument("--format", nargs="+", default=["eager"], choices=FORMATS)
     e.add_argument("--example-shape", type=shape, default="2,3,224,224", help="example input shape, batch first")
     e.add_argument("--torchscript-method", default="trace", choices=["trace", "script"])
     e.add_argument("--out", default="exported")

@@ -10,17 +10,7 @@ from pathlib import Path
 import yaml
 
 from export.archive import DEFAULT_FRONTEND
-
-BASES = {  # --from: (module, class, the handler config keys worth showing, bad request, its status)
-    "image_classifier": ("handlers.image_classifier", "ImageClassifier",
-                         {"resize": 256, "crop": 224, "topk": 5}, 'b"not an image"', 415),
-    "object_detector": ("handlers.object_detector", "ObjectDetector",
-                        {"min_size": 800, "max_size": 1333, "score_threshold": 0.5}, 'b"not an image"', 415),
-    "text_classifier": ("handlers.text_classifier", "TextClassifier", {"topk": 2, "max_chars": 10000},
-                        'b"\\xff\\xfe not UTF-8"', 400),
-    "tensor": ("handlers.tensor", "TensorHandler", {"topk": 2}, 'b"not JSON"', 400),
-    "base": ("handlers.base", "TskitHandler", {"width": 30}, '"not a list"', 400),
-}
+from handlers.tasks import scaffold_bases
 
 OVERRIDES = '''
 
@@ -109,33 +99,29 @@ def test_a_batch_is_answered_in_order_and_a_bad_request_fails_alone(handler):
     assert set(results[1][1]) == {{"code", "type", "message"}}
 '''
 
-ANSWER_TYPES = {"image_classifier": "dict", "object_detector": "list", "text_classifier": "dict", "tensor": "dict",
-                "base": "list"}
-
-
 def class_name(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[_\W]+", name) if part)
 
 
 def config_text(base: str) -> str:
-    keys = BASES[base][2]
-    config = {**DEFAULT_FRONTEND, "handler": dict(keys)}
-    return (f"# TorchServe's settings for this model (they win over config.properties' models= entry) and, under\n"
-            f"# `handler:`, the handler's own keys (an unknown key fails the load with the list of allowed ones).\n"
+    config = {**DEFAULT_FRONTEND, "handler": dict(scaffold_bases()[base].scaffold.config)}
+    return ("# TorchServe's settings for this model (they win over config.properties' models= entry) and, under\n"
+            "# `handler:`, the handler's own keys (an unknown key fails the load with the list of allowed ones).\n"
             + yaml.safe_dump(config, sort_keys=False))
 
 
 def new_handler(name: str, base: str, out: str | Path = ".") -> list[Path]:
     """Write NAME.py, model-config.yaml and test_NAME.py into `out`; refuses to overwrite a file."""
-    if base not in BASES:
-        raise ValueError(f"--from must be one of {list(BASES)}, got {base!r}")
+    bases = scaffold_bases()
+    if base not in bases:
+        raise ValueError(f"--from must be one of {list(bases)}, got {base!r}")
     if not name.isidentifier() or name == "handlers":
         raise ValueError(f"handler name {name!r} must be a Python module name (letters, digits, underscores) "
                          "other than `handlers`")
-    out = Path(out)
+    out, scaffold = Path(out), bases[base].scaffold
     files = {out / f"{name}.py": handler_source(name, base), out / "model-config.yaml": config_text(base),
-             out / f"test_{name}.py": TEST.format(module=name, name=name, task=base, bad=BASES[base][3],
-                                                  status=BASES[base][4], answer_type=ANSWER_TYPES[base])}
+             out / f"test_{name}.py": TEST.format(module=name, name=name, task=base, bad=scaffold.bad_request,
+                                                  status=scaffold.bad_status, answer_type=scaffold.answer_type)}
     existing = [str(path) for path in files if path.exists()]
     if existing:
         raise ValueError(f"not overwriting {', '.join(existing)}: pick another name or --out folder")
@@ -146,7 +132,8 @@ def new_handler(name: str, base: str, out: str | Path = ".") -> list[Path]:
 
 
 def handler_source(name: str, base: str) -> str:
-    module, cls, *_ = BASES[base]
+    task = scaffold_bases()[base]
+    module, cls = f"handlers.{task.module}", task.class_name
     header = f'"""{name}: a TorchServe handler built on torchserve-kit (`tskit new handler --from {base}`)."""\n'
     imports = f"from {module} import {cls}\n"
     if base == "base":

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from handlers.tasks import stand_in_tasks
+
 STAND_INS = Path(__file__).resolve().parent / "stand_ins"
 ZOO = Path(__file__).resolve().parents[1] / "export" / "zoo"
-TASKS = ("image_classifier", "object_detector", "text_classifier", "tensor", "base")
 ROW_FEATURES = 30  # export/zoo/tabular_mlp.py's default width
 TEXT_LABELS = ["ham", "spam"]
 TEXT_WORDS = ["free", "prize", "call", "now", "see", "you", "at", "lunch", "win", "cash", "meeting", "tomorrow"]
@@ -41,9 +42,9 @@ def _module(path: Path):
 
 
 def stand_in_files(task: str, work_dir: str | Path) -> StandIn:
-    """Write a stand-in model for `task` (one of TASKS) and its task files into `work_dir`."""
-    if task not in TASKS:
-        raise ValueError(f"no stand-in for {task!r}; choose one of {list(TASKS)}")
+    """Write a stand-in model for `task` (one of handlers.tasks.stand_in_tasks()) and its task files into `work_dir`."""
+    if task not in stand_in_tasks():
+        raise ValueError(f"no stand-in for {task!r}; choose one of {stand_in_tasks()}")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

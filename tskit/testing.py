@@ -31,7 +31,7 @@ def assert_same_answer(expected, actual, atol: float = 1e-5) -> None:
 
 def stand_in_archive(handler_file: str | Path, task: str, work_dir: str | Path, config: str | Path | None = None,
                      name: str | None = None) -> Path:
-    """`tskit build --handler handler_file` around the stand-in model of `task` (tskit.stand_in.TASKS), with the
+    """`tskit build --handler handler_file` around the stand-in model of `task` (handlers.tasks.stand_in_tasks()), with the
     model-config.yaml `config` (its handler section under the stand-in's own settings); returns the archive."""
     from export.archive import ArchiveSpec, build_archive, read_config
     from tskit.stand_in import stand_in_files

@@ -15,6 +15,10 @@ and the archive as built, named by its engine and precision (`torch-fp32` for an
 `--only openvino-int8,openvino-int8-mixed` can name any of them.
 """
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this module stays free of torch: the CLI checks --only with it
+    from export.optimize.guard import GuardResult
 
 # the engine that serves each archive format, as the archive is built (no export)
 AS_BUILT_ENGINE = {"eager": "torch", "torchscript": "torchscript", "exported": "torch-export", "aoti": "aoti",
@@ -82,7 +86,7 @@ class Candidate:
     bf16_hint: bool = False
     as_built: bool = False  # the archive's own serialized file and config, unchanged
     files: list[str] = field(default_factory=list)  # serialized file first (an IR's .bin after it)
-    guard: "GuardResult | None" = None  # export.optimize.guard's (this module stays free of torch)
+    guard: "GuardResult | None" = None
     rates: dict[str, float] = field(default_factory=dict)  # "workers x threads" -> forward images/s, all workers
     verdict: str = ""
     search: dict | None = None  # openvino-int8-mixed: what the search kept in floating point, and its steps

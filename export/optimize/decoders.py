@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from export.optimize.engines import load
-from export.optimize.guard import Thresholds, guard
+from export.optimize.guard import Thresholds
 from export.optimize.inputs import Inputs, archive_handler, forward_all
 from export.optimize.report import Decoder
 
@@ -13,8 +13,8 @@ DECODERS = ("pillow", "turbojpeg")
 
 
 def judge_decoders(winner, inputs: Inputs, reference: torch.Tensor, held_out: np.ndarray, root: Path,
-                   batch_size: int, cores: int, thresholds: Thresholds, log) -> list[Decoder]:
-    """The archive's own decoding and the faster ones, each through the chosen engine against the same guard;
+                   batch_size: int, cores: int, guard, thresholds: Thresholds, log) -> list[Decoder]:
+    """The archive's own decoding and the faster ones, each through the chosen engine against the same `guard`;
     the fastest that passes is chosen (the archive's own always passes: the engine was judged with it)."""
     from handlers import jpeg
 

@@ -1,6 +1,9 @@
-"""The accuracy guard `tskit optimize` holds every candidate to, against the fp32 reference on the same views.
+"""The accuracy guards `tskit optimize` holds candidates to, against the fp32 reference on the same views: one per
+kind of task, named by the task's `guard` in handlers/tasks.py (`GUARDS`). A guard takes the reference's and a
+candidate's outputs on every view and whether each view's photo was held out of calibration, and returns a
+`GuardResult` (`refusal` says why it fails, or None).
 
-(a) top-1 agreement on the views where the reference is confident (top-1 probability >= CONFIDENT) at least
+The classifier's: (a) top-1 agreement on the views where the reference is confident (top-1 probability >= CONFIDENT) at least
 `min_confident`; (b) the reference's top-1 inside the candidate's top 5 on at least `min_top5` of all views.
 Overall agreement is reported but not judged: where the reference itself hesitates between two labels, a
 faithful candidate may pick the other one.
@@ -69,3 +72,6 @@ def divergence(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor
     log_ref = torch.log_softmax(reference.float(), dim=1)
     log_cand = torch.log_softmax(candidate.float(), dim=1)
     return (log_ref.exp() * (log_ref - log_cand)).sum(dim=1)
+
+
+GUARDS = {"classifier": guard}  # handlers/tasks.py names these; the transformers issue adds text ones

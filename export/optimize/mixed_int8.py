@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.optimize.guard import GuardResult, Thresholds, divergence, guard
+from export.optimize.guard import GuardResult, Thresholds, divergence
 from export.optimize.inputs import forward_all
 
 RANKING_VIEWS = 64  # views the ranking scores each quantizer on: those plain int8 gets most wrong
@@ -84,11 +84,12 @@ def bypassed(model, names: list[str]):
     return copy
 
 
-def search(model, views: torch.Tensor, reference: torch.Tensor, held_out: np.ndarray, thresholds: Thresholds,
+def search(model, views: torch.Tensor, reference: torch.Tensor, held_out: np.ndarray, guard, thresholds: Thresholds,
            threads: int, deadline: float, log, max_steps: int = MAX_STEPS,
            ranking_views: int = RANKING_VIEWS) -> SearchOutcome:
-    """The fewest quantizers of `model` (NNCF int8, an ov.Model) to bypass so that the guard passes on `views`
-    (its uint8 inputs) against `reference` (fp32 logits), by `deadline` (time.monotonic())."""
+    """The fewest quantizers of `model` (NNCF int8, an ov.Model) to bypass so that `guard` (the task's, from
+    export/optimize/guard.py) passes on `views` (its uint8 inputs) against `reference` (fp32 outputs), by `deadline`
+    (time.monotonic())."""
     from handlers.loading import OpenVinoModel
 
     start = time.monotonic()

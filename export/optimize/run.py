@@ -11,7 +11,7 @@ import torch
 from export.optimize.candidates import DEFAULT_BUDGET_S, Candidate, plan
 from export.optimize.decoders import judge_decoders
 from export.optimize.engines import export_onnx, load, missing_packages, native_bf16, openvino_ir, quantize_int8
-from export.optimize.guard import Thresholds, guard
+from export.optimize.guard import GUARDS, Thresholds
 from export.optimize.inputs import Inputs, archive_handler, forward_all, preprocessed
 from export.optimize.output import Source, write_archive
 from export.optimize.report import Report
@@ -106,15 +106,19 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     that passes the guard as `{export_path}/{name}.mar`."""
     from export.views import make_views, read_photos
     from handlers.explain import load_explainer
+    from handlers.tasks import TASKS, task_of_handler_file
     from handlers.runtime import cpu_info, usable_cores
 
     settings = settings or Settings()
     clock = Clock(settings.budget_s, log)
     work = Path(work)
     source = Source.open(mar, work)
-    if source.archiver["handler"] != "image_classifier.py":
-        raise NotSupported(f"tskit optimize handles image classifier archives (--handler image_classifier) so "
-                           f"far; {Path(mar).name} is served by {source.archiver['handler']}: not supported yet")
+    task = task_of_handler_file(source.archiver["handler"])
+    if task is None or task.guard is None:
+        supported = [t.name for t in TASKS.values() if t.guard]
+        raise NotSupported(f"tskit optimize has an accuracy guard for {', '.join(supported)} archives so far; "
+                           f"{Path(mar).name} is served by {source.archiver['handler']}: not supported yet")
+    guard = GUARDS[task.guard]
     cores, cpu, batch_size, root = settings.cores or usable_cores(), cpu_info(), source.batch_size, source.root
     thresholds = settings.thresholds
     clock.log(f"{Path(mar).name}: {source.name} {source.archiver['modelVersion']}, batch {batch_size}, {cores} cores, "
@@ -178,8 +182,8 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
         elif candidate.quantize == "plain":
             candidate.files = [str(artifacts.int8)]
         elif candidate.quantize == "mixed":
-            if not mixed_int8_row(candidate, candidates, artifacts, reference_logits, held_out, thresholds, cores,
-                                  clock.deadline(reserve()), clock, settings.budget_s):
+            if not mixed_int8_row(candidate, candidates, artifacts, reference_logits, held_out, guard, thresholds,
+                                  cores, clock.deadline(reserve()), clock, settings.budget_s):
                 clock.log(f"{candidate.name}: {candidate.verdict}")
                 continue
         elif candidate.engine == "openvino":
@@ -209,7 +213,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     report.chosen = winner.name
 
     # 5. decoder
-    report.decoders = judge_decoders(winner, inputs, reference_logits, held_out, root, batch_size, cores,
+    report.decoders = judge_decoders(winner, inputs, reference_logits, held_out, root, batch_size, cores, guard,
                                      thresholds, clock.log)
     report.decoder = next(d.name for d in report.decoders if d.verdict == "chosen")
 
@@ -217,7 +221,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     first = winner.best[0]
     provisional = write_archive(source, winner, report.decoder, int(first.split("x")[0]), fmt, report.to_dict(),
                                 work / "provisional", settings.version, work)
-    clock.log(f"measuring the archive served, per split (decoding included)")
+    clock.log("measuring the archive served, per split (decoding included)")
     served = {}
     for workers, threads in splits:
         job = served_job(provisional, payloads[:SERVED_REQUESTS], batch_size, work)
@@ -234,7 +238,7 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
 
 
 def mixed_int8_row(candidate: Candidate, candidates: list[Candidate], artifacts: Artifacts, reference: torch.Tensor,
-                   held_out: np.ndarray, thresholds: Thresholds, cores: int, deadline: float, clock: Clock,
+                   held_out: np.ndarray, guard, thresholds: Thresholds, cores: int, deadline: float, clock: Clock,
                    budget_s: float) -> bool:
     """Prepare an openvino-int8-mixed row: skipped where a plain int8 row passes; else the search runs (once, for
     both mixed rows) and its passing model becomes the row's IR. False when the row is settled without judging."""
@@ -252,8 +256,8 @@ def mixed_int8_row(candidate: Candidate, candidates: list[Candidate], artifacts:
         clock.log(f"{candidate.name}: searching for the layers to keep in floating point, until "
                   f"{deadline - clock.start:.0f} s into the run")
         model = ov.Core().read_model(str(artifacts.int8))
-        outcome = mixed_int8.search(model, artifacts.inputs.pixels, reference, held_out, thresholds, cores, deadline,
-                                    lambda message: clock.log(f"{candidate.name}: {message}"))
+        outcome = mixed_int8.search(model, artifacts.inputs.pixels, reference, held_out, guard, thresholds, cores,
+                                    deadline, lambda message: clock.log(f"{candidate.name}: {message}"))
         if outcome.passed:
             mixed_int8.save(outcome.model, path)
         candidate.search = outcome.to_dict()

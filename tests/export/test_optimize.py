@@ -253,11 +253,11 @@ def test_the_search_stops_at_its_deadline_with_no_variant(outlier_mar, calibrati
     int8 = quantize_int8(ir, [inputs.pixels[i:i + 1].numpy() for i in range(0, 200)], tmp_path / "o8.xml")
     model = ov.Core().read_model(str(int8))
     logged = []
-    outcome = mixed_int8.search(model, inputs.pixels, reference, held_out, Thresholds(), 2, time.monotonic(),
+    outcome = mixed_int8.search(model, inputs.pixels, reference, held_out, guard, Thresholds(), 2, time.monotonic(),
                                 logged.append)
     assert not outcome.passed and outcome.stopped == "deadline" and not outcome.steps
     assert outcome.quantizers == len(mixed_int8.activation_quantizers(model)) > 0
-    outcome = mixed_int8.search(model, inputs.pixels, reference, held_out, Thresholds(), 2,
+    outcome = mixed_int8.search(model, inputs.pixels, reference, held_out, guard, Thresholds(), 2,
                                 time.monotonic() + 300, logged.append, max_steps=1)
     assert outcome.passed and len(outcome.kept) == 1 and outcome.stopped == "passed"
     assert [s.kept for s in outcome.steps] == [1] and outcome.ranked == outcome.quantizers

@@ -506,8 +506,8 @@ def served(tmp_path_factory):
 
 def handler_class_for(task: str):
     """The library's class for `task` (what an archive built with `--handler TASK` instantiates)."""
-    module, name = handlers.TASKS[task]
-    return getattr(importlib.import_module(f"handlers.{module.removesuffix('.py')}"), name)
+    spec = handlers.TASKS[task]
+    return getattr(importlib.import_module(f"handlers.{spec.module}"), spec.class_name)
 
 
 # ---- properties ---------------------------------------------------------------------------------------
