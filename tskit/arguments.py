@@ -86,3 +86,28 @@ def candidate_names(text: str) -> list[str]:
         return parse_only(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# ---- checks of values that name files: `arg(..., check=...)` in tskit/commands, each called as check(value, flag)
+def existing_archive(value: str, flag: str) -> None:
+    """An existing .mar: `archive not found: X` for a positional argument, `--reference archive not found: X`
+    for an option."""
+    archive_file(value, f"{flag} archive" if flag.startswith("-") else "archive")
+
+
+def folder_to_write(value: str, flag: str) -> None:
+    out_folder(value, flag)
+
+
+def existing_file(value: str, flag: str) -> None:
+    """A file that exists, named after its option (`--model-file` -> "model file not found: X")."""
+    path = Path(value)
+    if not path.is_file():
+        label = flag.lstrip("-").replace("-", " ")
+        raise FileNotFoundError(f"{label} not found: {path}" + (" (that is a folder)" if path.is_dir() else ""))
+
+
+def python_file(value: str, flag: str) -> None:
+    existing_file(value, flag)
+    if Path(value).suffix != ".py":
+        raise ValueError(f"{flag} {value} is not a Python file (.py) defining the nn.Module")
