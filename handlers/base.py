@@ -34,11 +34,11 @@ import torch
 
 from handlers.torchserve import BaseHandler
 from handlers.drift import DRIFT_CONFIG, REFERENCE_NAME, DriftMonitor, read_reference
-from handlers.contract import BatchState, StageClock, as_answers, is_describe, request_error, subset
-from handlers.errors import BadInput, ConfigError
+from handlers.contract import BatchState, StageClock, as_answers, is_describe, one_at_a_time, request_error, subset
+from handlers.errors import ConfigError, RequestError, Unavailable
 from handlers.explain import check_config as check_explain_config, is_explain, load_explainer, unavailable
 from handlers.integrity import check_integrity
-from handlers.loading import load_model
+from handlers.loading import CompiledModel, load_model
 from handlers.metrics import record_batch, record_drift
 from handlers.protocol import answer_envelope, calling_envelope
 from handlers.requirements import check_requirements
@@ -84,11 +84,19 @@ def validate_config(section: dict | None, defaults: dict) -> dict:
 
 class TskitHandler(BaseHandler):
     config_defaults: dict = {}
+    # The state one pass of the contract carries from `preprocess` to `postprocess` (handlers.contract.BatchState):
+    # `reached` is which requests the batch `preprocess` returned holds, in order (the ones `postprocess` answers);
+    # `answers`/`answered` the requests already answered (rejected while decoding, explained). None between batches.
+    batch_state: BatchState | None = None
+    labels: dict | None = None  # {class index: name}, for the tasks whose answers name classes
+    # the hooks the contract's defaults call, each with the default it belongs to: a subclass that keeps the default
+    # must implement the hook, and is told so when the worker loads it
+    REQUIRED_HOOKS = {"decode": "preprocess", "collate": "preprocess", "respond": "postprocess"}
 
     def initialize(self, context):
+        self.check_hooks()
         self.context = context
         self.manifest = context.manifest  # what TorchServe's BaseHandler sets, for code written against it
-        self.batch_state: BatchState | None = None
         props = context.system_properties
         model_dir = props["model_dir"]
         yaml_config = self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
@@ -117,8 +125,9 @@ class TskitHandler(BaseHandler):
         )
         self.model_paths = (model_dir, serialized, model_file)
         self._explainer = None  # loaded on the first explanation request
-        fixed_dtype = getattr(self.model, "fixed_dtype", None)
-        if fixed_dtype is not None:  # a compiled engine: it takes that dtype and computes in its own precision
+        compiled = isinstance(self.model, CompiledModel)
+        fixed_dtype = self.model.fixed_dtype if compiled else None
+        if compiled:  # a compiled engine: it takes that dtype and computes in its own precision
             if self.model.precision != self.precision:
                 logger.info("%s model computes in %s (as exported), not %s", self.model_format,
                             self.model.precision, self.precision)
@@ -134,28 +143,39 @@ class TskitHandler(BaseHandler):
         if self.config["warmup"]:
             self.warmup()
         self.initialized = True
-        hint = getattr(self.model, "hint", None)
+        hint = self.model.hint if compiled else None
         logger.info(
             "loaded %s model on %s, precision %s%s, %d threads, batch size %d",
             self.model_format, self.device, self.precision, f" ({hint} hint)" if hint else "", self.threads,
             self.batch_size,
         )
 
+    @classmethod
+    def check_hooks(cls) -> None:
+        """A hook the contract's defaults call but the class leaves unimplemented is named here, at load, not in a
+        500 on the first request (`example_items` only where warm-up runs it: `warmup` in the config)."""
+        missing = [f"{hook} (called by the default {caller})" for hook, caller in cls.REQUIRED_HOOKS.items()
+                   if getattr(cls, hook) is getattr(TskitHandler, hook)
+                   and getattr(cls, caller) is getattr(TskitHandler, caller)]
+        if missing:
+            raise ConfigError(f"{cls.__name__} does not implement {', '.join(missing)}: implement it, or override "
+                              "the method that calls it")
+
     # ---- hooks -------------------------------------------------------------------------------
     def setup(self, model_dir: str) -> None:
         pass
 
     def decode(self, request: dict):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.decode")
 
     def collate(self, items: list) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.collate")
 
     def respond(self, outputs) -> list:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.respond")
 
     def example_items(self, n: int) -> list:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.example_items")
 
     def drift_features(self, batch) -> tuple[list[str], torch.Tensor] | None:
         """(names, [N, F] values) describing the collated batch, for drift monitoring; None = no drift."""
@@ -164,13 +184,13 @@ class TskitHandler(BaseHandler):
     def drift_output_features(self, outputs) -> tuple[list[str], torch.Tensor] | None:
         """(names, [N, G]) describing the model's outputs: by default the top-1 probability of a handler
         with `labels` whose model returns [N, classes] logits."""
-        if getattr(self, "labels", None) and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
+        if self.labels and isinstance(outputs, torch.Tensor) and outputs.dim() == 2:
             return ["top1_probability"], torch.softmax(outputs.float(), dim=1).amax(dim=1, keepdim=True)
         return None
 
     def explain_items(self, items: list, requests: list[dict]) -> list:
-        """Attributions for decoded items sent to /explanations: one answer (or BadInput) per item."""
-        raise BadInput(f"{type(self).__name__} has no explanations", status=501, kind="ExplanationsUnavailable")
+        """Attributions for decoded items sent to /explanations: one answer (or RequestError) per item."""
+        raise Unavailable(f"{type(self).__name__} has no explanations", kind="ExplanationsUnavailable")
 
     def prepare_explainer(self, model: torch.nn.Module) -> torch.nn.Module:
         """Apply to the explanation model what `setup` applied to the serving model."""
@@ -200,6 +220,9 @@ class TskitHandler(BaseHandler):
         return batch
 
     def warmup(self) -> None:
+        if type(self).example_items is TskitHandler.example_items:
+            raise ConfigError(f"{type(self).__name__} does not implement example_items(n), which warm-up runs: "
+                              "implement it, or set `warmup: false` in the handler config")
         for n in sorted({1, self.batch_size}):
             self.forward(self.collate(self.example_items(n)))
 
@@ -261,11 +284,9 @@ class TskitHandler(BaseHandler):
         except Exception as err:  # the user's code included: the worker must answer, and stay up
             missing = state.unanswered()
             if isolate and len(missing) > 1:
-                logger.warning("%s failed for a batch of %d requests (%s: %s); answering each on its own",
-                               stage, len(missing), type(err).__name__, err)
-                for k in missing:
-                    with subset(self.context, [k]):
-                        [answer] = self.answer_batch([data[k]], clock, rejected, isolate=False)
+                answers = one_at_a_time(self.context, missing, stage, err,
+                                        lambda k: self.answer_batch([data[k]], clock, rejected, isolate=False)[0])
+                for k, answer in zip(missing, answers):
                     state.answer(k, answer)
             else:
                 error = request_error(err, stage, decoding=stage == "preprocess")
@@ -321,7 +342,7 @@ class TskitHandler(BaseHandler):
     def describe_handle(self):
         """TorchServe's describe call (`GET /models/NAME?customized=true`, in `customizedMetadata`): what this
         worker serves and how."""
-        labels = getattr(self, "labels", None) or {}
+        labels = self.labels or {}
         manifest = self.tskit_manifest or {}
         golden = manifest.get("golden") or {}
         return {
@@ -404,7 +425,7 @@ class TskitHandler(BaseHandler):
                 logger.error("explain_items failed", exc_info=err)
             answers = [error] * len(indices)
         for k, answer in zip(indices, answers):
-            if isinstance(answer, BadInput):
+            if isinstance(answer, RequestError):
                 state.answer(k, self.reject(k, answer))
             else:
                 state.answer(k, answer)
@@ -431,11 +452,11 @@ class TskitHandler(BaseHandler):
         ids = getattr(self.context, "request_ids", None) or {}
         return str(ids.get(index, index))
 
-    def reject(self, index: int, err: BadInput) -> dict:
+    def reject(self, index: int, err: RequestError) -> dict:
         """Answer one request with its error (a 4xx, or a 500 for a handler that failed); the rest of the batch
         is unaffected. 4xx kinds are counted in `TskitBadInput`."""
         logger.warning("request %s rejected (%d %s): %s", self.request_id(index), err.status, err.kind, err.message)
-        if err.status < 500 and getattr(self, "batch_state", None) is not None:
+        if err.status < 500 and self.batch_state is not None:
             self.batch_state.rejected.append(err.kind)
         if self.context is not None:
             self.context.set_response_status(err.status, err.message, idx=index)

@@ -10,11 +10,13 @@ had to answer. `request_error` turns an exception from the handler's own (or its
 error that request gets.
 """
 import json
+import logging
 import time
 from contextlib import contextmanager
 
-from handlers.errors import BadInput
+from handlers.errors import BadInput, HandlerError, RequestError
 
+logger = logging.getLogger(__name__)
 STAGES = ("preprocess", "inference", "postprocess")
 
 
@@ -40,6 +42,10 @@ class BatchState:
     def unanswered(self) -> list[int]:
         return [i for i in range(self.n) if not self.answered[i]]
 
+    def answered_early(self) -> list[tuple[int, object]]:
+        """(index, answer) of the requests answered before inference: rejected while decoding, or explained."""
+        return [(i, self.answers[i]) for i in range(self.n) if self.answered[i]]
+
     def reaching_inference(self) -> list[int]:
         return self.unanswered() if self.reached is None else list(self.reached)
 
@@ -60,21 +66,42 @@ class StageClock:
 
 
 @contextmanager
-def subset(context, indices: list[int]):
-    """Within the block, request `k` of `context` is request `indices[k]` of the batch TorchServe sent: its
-    headers, its id and its response status (the same RequestProcessor objects, so a status set on `k`
-    lands on the real request)."""
-    processors, ids = context.request_processor, context.request_ids
-    if processors is None or list(indices) == list(range(len(processors))):
-        yield
-        return
-    ids = ids or {}
-    context.request_processor = [processors[i] for i in indices]
-    context.request_ids = {k: ids.get(i, str(i)) for k, i in enumerate(indices)}
+def addressed_as(context, processors: list, ids: dict):
+    """Within the block, the handler addresses `context`'s requests as `processors` (their headers and response
+    statuses: the same RequestProcessor objects, so a status set lands on the real request) with `ids`; the
+    real ones come back after it. The one way this library re-addresses requests: a subset of the batch
+    (`subset`), or the instances of one KServe request (handlers/protocol.py)."""
+    saved = context.request_processor, context.request_ids
+    context.request_processor, context.request_ids = processors, ids
     try:
         yield
     finally:
-        context.request_processor, context.request_ids = processors, ids
+        context.request_processor, context.request_ids = saved
+
+
+@contextmanager
+def subset(context, indices: list[int]):
+    """Within the block, request `k` of `context` is request `indices[k]` of the batch TorchServe sent."""
+    processors, ids = context.request_processor, context.request_ids or {}
+    if processors is None or list(indices) == list(range(len(processors))):
+        yield
+        return
+    with addressed_as(context, [processors[i] for i in indices],
+                      {k: ids.get(i, str(i)) for k, i in enumerate(indices)}):
+        yield
+
+
+def one_at_a_time(context, indices, stage: str, err: Exception, answer_one) -> list:
+    """After `stage` raised `err` for a batch, answer each request of `indices` on its own (`answer_one(k)`, with
+    the context addressing request k alone), so the one that breaks the batch fails alone and the others get
+    their answers. The one retry path of both TskitHandler and Guarded."""
+    logger.warning("%s failed for a batch of %d requests (%s: %s); answering each on its own", stage, len(indices),
+                   type(err).__name__, err)
+    answers = []
+    for k in indices:
+        with subset(context, [k]):
+            answers.append(answer_one(k))
+    return answers
 
 
 def header_is_true(context, index: int, name: str) -> bool:
@@ -123,15 +150,15 @@ def client_error(err: Exception) -> BadInput | None:
     return None
 
 
-def request_error(err: Exception, where: str, decoding: bool = False) -> BadInput:
-    """What a request is answered with when `where` (a hook name) raised `err`: a BadInput as raised, a client
-    error as its 4xx when the request was being decoded, anything else a JSON 500 naming the hook and the
-    exception (the traceback goes to the model log)."""
-    if isinstance(err, BadInput):
+def request_error(err: Exception, where: str, decoding: bool = False) -> RequestError:
+    """What a request is answered with when `where` (a hook name) raised `err`: a RequestError (BadInput...) as
+    raised, a client error as its 4xx when the request was being decoded, anything else a HandlerError (500)
+    naming the hook and the exception (the traceback goes to the model log)."""
+    if isinstance(err, RequestError):
         return err
     if decoding:
         found = client_error(err)
         if found is not None:
             return found
     message = str(err) if isinstance(err, ContractError) else f"{where} raised {type(err).__name__}: {err}"
-    return BadInput(message[:500] + " (traceback in the model log)", status=500, kind="HandlerError")
+    return HandlerError(message[:500] + " (traceback in the model log)")

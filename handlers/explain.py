@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from handlers.contract import header_is_true
-from handlers.errors import BadInput, ConfigError
+from handlers.errors import BadInput, ConfigError, RequestError, Unavailable
 from handlers.loading import load_eager, load_torchscript
 
 METHODS = ("integrated_gradients", "saliency")
@@ -40,8 +40,8 @@ def check_config(config: dict) -> None:
                           f"explain_steps in 1..{MAX_STEPS}")
 
 
-def unavailable(reason: str) -> BadInput:
-    return BadInput(f"explanations unavailable: {reason}", status=501, kind="ExplanationsUnavailable")
+def unavailable(reason: str) -> Unavailable:
+    return Unavailable(f"explanations unavailable: {reason}", kind="ExplanationsUnavailable")
 
 
 def load_explainer(model_dir: str, serialized: str, model_file: str | None, fmt: str, device: torch.device,
@@ -97,7 +97,7 @@ def checked_targets(requests: list, labels, classes: int) -> list:
     for request in requests:
         try:
             out.append(checked_target(request, labels, classes))
-        except BadInput as err:
+        except RequestError as err:
             out.append(err)
     return out
 
@@ -111,7 +111,7 @@ def resolve_targets(requests: list, labels, scores: torch.Tensor) -> list:
 def explain_valid(targets: list, explain) -> list:
     """Answers in request order: a BadInput target answers its own request, the rest are explained together
     by `explain(indices, targets)`, which returns one answer per index."""
-    ok = [i for i, t in enumerate(targets) if not isinstance(t, BadInput)]
+    ok = [i for i, t in enumerate(targets) if not isinstance(t, RequestError)]
     answers = list(targets)
     if ok:
         for i, answer in zip(ok, explain(ok, [targets[i] for i in ok])):

@@ -11,7 +11,7 @@ and the `Tskit*` metrics with the time of each stage.
 import logging
 from contextlib import contextmanager
 
-from handlers.contract import StageClock, as_answers, request_error, subset
+from handlers.contract import StageClock, as_answers, one_at_a_time, request_error
 from handlers.integrity import check_integrity
 from handlers.metrics import record_batch
 
@@ -45,13 +45,8 @@ class Guarded:
             return as_answers(super().handle(data, context), len(data), where=f"{type(self).__name__}.handle")
         except Exception as err:
             if isolate and len(data) > 1:
-                logger.warning("%s failed for a batch of %d requests (%s: %s); answering each on its own",
-                               self._stage, len(data), type(err).__name__, err)
-                answers = []
-                for k in range(len(data)):
-                    with subset(context, [k]):
-                        answers += self.guarded_handle([data[k]], context, rejected, isolate=False)
-                return answers
+                return one_at_a_time(context, range(len(data)), self._stage, err,
+                                     lambda k: self.guarded_handle([data[k]], context, rejected, isolate=False)[0])
             error = request_error(err, self._stage, decoding=self._stage == "preprocess")
             if error.status >= 500:
                 logger.error("%s failed for a batch of %d", self._stage, len(data), exc_info=err)

@@ -13,6 +13,7 @@ from handlers import jpeg
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import EXPLAIN_CONFIG, attribute, explain_valid, heatmap_png, resolve_targets
+from handlers.loading import CompiledModel
 from handlers.payload import request_bytes
 from handlers.protocol import tensor_image
 
@@ -145,7 +146,7 @@ class ImageClassifier(TskitHandler):
     def check_pixel_engine(self) -> bool:
         """An engine that takes uint8 pixels (an optimized OpenVINO IR) normalises them with the mean and std it
         was built with: they must be the config's, or every answer would be off without an error."""
-        if not getattr(self.model, "takes_pixels", False):
+        if not (isinstance(self.model, CompiledModel) and self.model.takes_pixels):
             return False
         built = (self.model.pixel_mean, self.model.pixel_std)
         wanted = self.config["mean"] + self.config["std"]

@@ -104,6 +104,9 @@ class CompiledModel:
 
     fixed_dtype = torch.float32
     precision = "fp32"
+    hint: str | None = None  # OpenVINO's inference-precision hint, where one applies
+    takes_pixels = False  # takes uint8 NHWC pixels and normalises them itself (an IR `tskit optimize` wrote)
+    input_shape = None  # the input shape the engine declares, where it declares one
 
     def to(self, *args, **kwargs):
         return self

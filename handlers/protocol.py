@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image
 
+from handlers.contract import addressed_as
 from handlers.errors import BadInput
 from handlers.payload import REJECTED
 
@@ -95,14 +96,9 @@ def one_request_per_item(context, n: int):
     """Let the handler address every item as a request of its own (`set_response_status(idx=i)`, request
     headers, ids) while all of them are the one HTTP request the envelope unpacked: its status is the last
     bad item's 4xx."""
-    processors, ids = context.request_processor, context.request_ids
-    request_id = (ids or {}).get(0, "0")
-    context.request_processor = [processors[0]] * n
-    context.request_ids = {i: f"{request_id}[{i}]" for i in range(n)}
-    try:
+    request_id = (context.request_ids or {}).get(0, "0")
+    with addressed_as(context, [context.request_processor[0]] * n, {i: f"{request_id}[{i}]" for i in range(n)}):
         yield
-    finally:
-        context.request_processor, context.request_ids = processors, ids
 
 
 def v2_output(answer):

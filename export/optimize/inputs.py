@@ -26,7 +26,7 @@ def preprocessed(handler, payloads: list[bytes]) -> tuple[torch.Tensor, float]:
         chunk = payloads[i:i + CHUNK]
         state = handler.begin_batch(len(chunk))
         batch = handler.preprocess([{"body": p} for p in chunk])
-        refused = [state.answers[k] for k in range(len(chunk)) if state.answered[k]]
+        refused = [answer for _, answer in state.answered_early()]
         if refused:
             raise ValueError(f"a calibration view was refused: {refused[0]}")
         out.append(batch.float().contiguous())
