@@ -26,8 +26,7 @@ from handlers.requirements import parse_requirements, unmet
 
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
 
-# TorchServe's per-model keys (everything else in model-config.yaml reaches the handler untouched).
-FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
+# TorchServe's per-model keys, under the user's values (everything else in model-config.yaml reaches the handler)
 DEFAULT_FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 120}
 
 

@@ -160,11 +160,6 @@ def generate_key_pair(out_dir: str | Path, name: str = "tskit-signing") -> tuple
     return private, public
 
 
-def is_signed(mar: str | Path) -> bool:
-    with zipfile.ZipFile(mar) as zf:
-        return SIGNATURE_NAME in zf.namelist()
-
-
 @dataclass
 class SignatureCheck:
     archive: str

@@ -63,6 +63,22 @@ def test_eager_and_torchscript_give_the_same_output(eager_files, tmp_path):
         torch.testing.assert_close(scripted(x), reference(x))
 
 
+def test_a_torch_export_program_loads_as_exported_and_answers_like_eager(eager_files, tmp_path):
+    """A `.pt2` saved with torch.export.save (not an AOTInductor package): detected as `exported`, run as its
+    module, any batch size."""
+    _, _, reference = eager_files
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(reference.eval(), (torch.randn(2, 4),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "net.pt2"
+    torch.export.save(program, str(path))
+    assert detect_format(str(path), None) == "exported"
+    model, fmt = load_model(str(path), None, CPU)
+    assert fmt == "exported"
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+
+
 def test_state_dict_without_model_file_is_explained(eager_files):
     _, weights, _ = eager_files
     with pytest.raises(ConfigError, match="--model-file"):
