@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y -q --no-install-recommends wrk prometheus >/dev/null
 SOURCES := $(wildcard handlers/*.py export/*.py export/zoo/*.py) config/efficientnet_lite0.yaml
 
-.PHONY: install tools archives samples serve stop status test clean
+.PHONY: install tools archives samples serve stop status test unit clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ status: $(STAMP)
 
 test: $(STAMP) $(TOOLS)
 	$(BIN)/python -m pytest tests
+
+# the fast loop: in-process tests that need no trained, optimized or served archive (docs/development.md)
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -m unit -q
 
 clean:
 	rm -rf model_store/*.mar $(BUILD) samples logs key_file.json .pytest_cache

@@ -1,4 +1,6 @@
-"""Shared fixtures: real sample photos, the real default archive and an in-process handler on it."""
+"""Shared fixtures: real sample photos, the real default archive and an in-process handler on it; and the
+markers every test gets (pytest.ini): `e2e` under tests/e2e, `slow` for what needs a costly fixture or says so,
+`unit` for the rest (`make unit`)."""
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,20 @@ from export.zoo.tabular import build_tabular_archive
 from export.zoo.text import build_text_archive
 from handlers.image_classifier import ImageClassifier
 from tskit.testing import load_handler, unpack_archive
+
+# fixtures that train, export to every format or optimize an archive: a test that needs one is not a unit test
+COSTLY_FIXTURES = {"format_archives", "optimized", "detector_mar", "detector_dir", "segmenter_mar", "user_archives",
+                   "outlier_mar", "text_mar", "text_model_dir", "tabular_mar", "model_dir", "signed_mar"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "e2e" in Path(str(item.path)).parts:
+            item.add_marker("e2e")
+        elif item.get_closest_marker("slow") or COSTLY_FIXTURES & set(item.fixturenames):
+            item.add_marker("slow")
+        else:
+            item.add_marker("unit")
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ def test_missing_files_and_unknown_handler_are_explained(tmp_path):
         build_archive(ArchiveSpec("m", str(weights), handler="segmenter", export_path=str(tmp_path)))
 
 
+@pytest.mark.slow  # an ONNX export and a Captum run
 def test_build_explain_weights_make_an_onnx_archive_explain(tmp_path):
     """`tskit build --explain-weights`: an ONNX tabular archive ships the eager weights (hashed in the
     manifest), explains on them, and loads them only for an explanation; without them it answers 501."""

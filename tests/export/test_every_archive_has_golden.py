@@ -5,7 +5,8 @@ import pytest
 from export.verify import verify_archive
 
 
-@pytest.mark.parametrize("archive", ["default_mar", "tabular_mar", "text_mar", "detector_mar"])
+@pytest.mark.parametrize("archive", ["default_mar"] + [pytest.param(name, marks=pytest.mark.slow)
+                                                     for name in ("tabular_mar", "text_mar", "detector_mar")])
 def test_trained_archives_verify_with_golden_cases(archive, request):
     report = verify_archive(request.getfixturevalue(archive))
     assert report.passed, str(report)

@@ -618,6 +618,7 @@ PROPERTIES = {
 }
 
 
+@pytest.mark.slow  # hundreds of generated requests per case
 @pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's notes on mutated files ("Corrupt EXIF data")
 @pytest.mark.parametrize("variant, strategy", CASES, ids=[f"{v}-{s}" for v, s in CASES])
 def test_generated_requests_get_a_2xx_or_a_json_4xx(served, variant, strategy, caplog):

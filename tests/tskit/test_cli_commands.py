@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 import torch
 import yaml
 from PIL import Image
@@ -103,6 +104,7 @@ def test_forward_measures_the_archives_forward_pass(default_mar):
     assert found and float(found.group(1)) > 0, result.stdout
 
 
+@pytest.mark.slow  # the guard over 500 views
 def test_accuracy_guards_top1_agreement_with_the_fp32_reference(default_mar):
     """The archive without its normalisation against itself as the reference: the guard says no (exit 1) and
     lists the disagreements (one run of the 96 guard views costs about 14 s here, so the passing case, the

@@ -18,6 +18,7 @@ def new(name: str, base: str, out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=REPO)
 
 
+@pytest.mark.slow  # one pytest process per template
 def test_every_template_writes_a_handler_whose_test_passes_as_written(tmp_path):
     from tskit.cli import main
 
