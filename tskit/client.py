@@ -123,20 +123,11 @@ class TorchServeClient:
 
     def wait_registered(self, model: str, timeout: float = 300, proc=None) -> dict:
         """Block until TorchServe has registered `model`; its describe answer. Raise early if `proc` exits."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise ServerError(f"TorchServe exited with code {proc.returncode} while waiting for {model}")
-            try:
-                answer = self.registered(model)
-                if answer is not None:
-                    return answer
-                last = "not registered"
-            except (requests.RequestException, ValueError) as err:
-                last = str(err)
-            time.sleep(0.5)
-        raise ServerError(f"{model} not registered after {timeout:.0f}s: {last}")
+        def check():
+            answer = self.registered(model)
+            return answer, "not registered"
+
+        return self._poll(model, check, "not registered", timeout, proc)
 
     def wait_served(self, model: str, timeout: float = 300, proc=None) -> dict:
         """Block until `model` is registered and has as many READY workers as TorchServe registered it with (its
@@ -182,17 +173,25 @@ class TorchServeClient:
 
     def wait_ready(self, model: str, workers: int = 1, timeout: float = 300, proc=None) -> None:
         """Block until `model` has `workers` READY workers; raise early if `proc` (the server) exits."""
+        def check():
+            ready = self.ready_workers(model)
+            return ready >= workers or None, f"{ready}/{workers} workers READY"
+
+        self._poll(model, check, "not ready", timeout, proc)
+
+    def _poll(self, model: str, check, failure: str, timeout: float, proc):
+        """Call `check()` -> (result or None, how it stands) every half second until a result comes; raise
+        ServerError saying `failure` and the last standing after `timeout`, or as soon as `proc` exits."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise ServerError(f"TorchServe exited with code {proc.returncode} while waiting for {model}")
             try:
-                ready = self.ready_workers(model)
-                if ready >= workers:
-                    return
-                last = f"{ready}/{workers} workers READY"
+                result, last = check()
+                if result is not None:
+                    return result
             except (requests.RequestException, ValueError) as err:
                 last = str(err)
             time.sleep(0.5)
-        raise ServerError(f"{model} not ready after {timeout:.0f}s: {last}")
+        raise ServerError(f"{model} {failure} after {timeout:.0f}s: {last}")
