@@ -33,7 +33,7 @@ DEFAULT_FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchD
 @dataclass
 class ArchiveSpec:
     name: str
-    serialized_file: str
+    serialized_file: str | None
     handler: str = "image_classifier"
     model_file: str | None = None
     labels: str | None = None
@@ -53,6 +53,10 @@ class ArchiveSpec:
     # a drift reference already computed (tskit-reference.json of the archive an optimized one derives from)
     reference_file: str | None = None
     manifest_extra: dict = field(default_factory=dict)  # more manifest sections (tskit optimize's report)
+    # a Hugging Face folder, instead of a serialized file, for the transformer tasks (export/hugging_face.py),
+    # exported in `model_format`
+    model_dir: str | None = None
+    model_format: str = "eager"
 
 
 def archiver_command() -> list[str]:
@@ -143,6 +147,14 @@ def stage_bundle(spec: ArchiveSpec, stage: Path) -> tuple[Path, Path, UserHandle
 
 def build_archive(spec: ArchiveSpec) -> Path:
     """Write `{export_path}/{name}.mar`, sealed with its reproducibility manifest, and return its path."""
+    if spec.model_dir:
+        from export.hugging_face import transformer_spec
+
+        with tempfile.TemporaryDirectory(prefix=f"tskit-{spec.name}-hf-") as tmp:
+            return build_archive(transformer_spec(spec, Path(tmp)))
+    if not spec.serialized_file:
+        raise ValueError("give the model: a serialized file (--serialized-file), or for a transformer task a "
+                         "Hugging Face folder (--model-dir)")
 
     for label, path in (("serialized file", spec.serialized_file), ("model file", spec.model_file),
                         ("labels", spec.labels), ("explanation weights", spec.explain_weights),

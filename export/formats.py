@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMATS = ("eager", "torchscript", "onnx", "openvino", "aoti")
+TRANSFORMER_FORMATS = ("eager", "torchscript", "onnx", "openvino")  # a Hugging Face folder's (export/hugging_face.py)
 MAX_BATCH = 256
 
 

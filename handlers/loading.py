@@ -3,8 +3,14 @@
 Formats: `eager` (a model file defining one nn.Module, plus a state_dict loaded with weights_only=True),
 `torchscript`, `onnx` (onnxruntime), `openvino` (an IR `.xml` with its `.bin` beside it, fp32 or NNCF-quantized
 int8) and `aoti` (an AOTInductor `.pt2` package; a `.pt2` saved with `torch.export.save` loads as `exported`).
-Every loader returns an object called as `model(batch_tensor)` that returns a tensor. Compiled formats fix
-dtype and layout at export time: their wrappers carry `fixed_dtype`, and the handler feeds them that dtype.
+Every loader returns an object called as `model(batch_tensor)` (or with one tensor per input, in the order of
+the model's inputs) that returns a tensor. Compiled formats fix dtype and layout at export time: their wrappers
+carry `fixed_dtype`, and the handler feeds them that dtype.
+
+A Hugging Face transformer's archive has `tskit-transformer.json` as its serialized file (`TRANSFORMER_FILE`): it
+names the format, the model file inside the archive's `transformer/` folder, the model's inputs and its
+tokenizer (handlers/transformer_classifier.py). Its eager format is the Hugging Face folder itself, loaded by
+`transformers`; the other formats need only their engine.
 """
 import importlib.util
 import inspect
@@ -21,8 +27,21 @@ from handlers.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+TRANSFORMER_FILE = "tskit-transformer.json"
+
+
+def read_transformer(path: str) -> dict:
+    """An archive's transformer description (written by export/transformers.py)."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def detect_format(serialized_file: str, model_file: str | None) -> str:
     """Name the format of `serialized_file`; a model file beside it means an eager state_dict."""
+    if os.path.basename(serialized_file) == TRANSFORMER_FILE:
+        return read_transformer(serialized_file)["format"]
     if model_file:
         return "eager"
     if serialized_file.endswith(".onnx"):
@@ -98,6 +117,50 @@ def load_torchscript(path: str, device: torch.device) -> torch.nn.Module:
         return torch.jit.load(path, map_location=device).eval()
 
 
+class HuggingFaceModel(torch.nn.Module):
+    """A `transformers` model called with its input tensors in order, returning one output tensor (`logits`,
+    `last_hidden_state`...): how every format of a transformer is called, and what the others are exported from."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output: str):
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+        self.output = output
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(**dict(zip(self.input_names, inputs))), self.output)
+
+
+def load_hugging_face(folder: str, description: dict, device: torch.device) -> HuggingFaceModel:
+    """The eager format of a transformer archive: its Hugging Face folder, through `transformers`."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("this archive's eager format loads its model with `transformers`, which this worker's "
+                          "Python lacks: pip install transformers, or build the archive --format onnx, openvino "
+                          "or torchscript, which need only `tokenizers`") from None
+    auto = getattr(transformers, description["auto_class"])
+    model = auto.from_pretrained(folder, attn_implementation=description.get("attention", "sdpa"))
+    return HuggingFaceModel(model, description["inputs"], description["output"]).to(device).eval()
+
+
+def load_transformer(path: str, device: torch.device, threads: int, precision: str):
+    """A transformer archive's model, in its format (`path`: its TRANSFORMER_FILE)."""
+    description = read_transformer(path)
+    root = os.path.dirname(path)
+    fmt, model_path = description["format"], os.path.join(root, description["model"])
+    if fmt == "eager":
+        return load_hugging_face(os.path.dirname(model_path), description, device)
+    if fmt == "torchscript":
+        return load_torchscript(model_path, device)
+    if fmt == "onnx":
+        return OnnxModel(model_path, device, threads)
+    if fmt == "openvino":
+        return OpenVinoModel(model_path, threads, precision)
+    raise ConfigError(f"{TRANSFORMER_FILE}: format {fmt!r} is not one a transformer is served in "
+                      "(eager, torchscript, onnx, openvino)")
+
+
 class CompiledModel:
     """A model whose graph, dtype and layout were fixed at export: `.to()`/`.eval()` are no-ops. It takes
     `fixed_dtype` inputs and computes in `precision` (what the worker reports)."""
@@ -115,6 +178,10 @@ class CompiledModel:
         return self
 
 
+ONNX_TYPES = {"tensor(float)": torch.float32, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
+              "tensor(uint8)": torch.uint8}
+
+
 class OnnxModel(CompiledModel):
     """An onnxruntime session called like a module, with its threads set like torch's."""
 
@@ -128,12 +195,16 @@ class OnnxModel(CompiledModel):
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.inputs = [(i.name, ONNX_TYPES.get(i.type, torch.float32)) for i in self.session.get_inputs()]
         self.input_shape = self.session.get_inputs()[0].shape  # names for dynamic sizes ("batch")
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+    def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
+        feeds = {name: tensor.detach().to("cpu", dtype).contiguous().numpy()
+                 for (name, dtype), tensor in zip(self.inputs, batch)}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+
+OPENVINO_TYPES = {"f32": torch.float32, "i64": torch.int64, "i32": torch.int32, "u8": torch.uint8}
 
 
 class OpenVinoModel(CompiledModel):
@@ -172,10 +243,12 @@ class OpenVinoModel(CompiledModel):
         self.request = self.compiled.create_infer_request()
         self.precision = "int8" if int8 else "bf16" if bf16 else "fp32"
         self.hint = "bf16" if bf16 else "f32"
+        self.input_dtypes = [OPENVINO_TYPES.get(i.get_element_type().get_type_name(), torch.float32)
+                             for i in model.inputs]
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        dtype = torch.uint8 if self.takes_pixels else torch.float32
-        self.request.infer({0: batch.detach().to("cpu", dtype).contiguous().numpy()})
+    def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
+        self.request.infer({i: tensor.detach().to("cpu", dtype).contiguous().numpy()
+                            for i, (dtype, tensor) in enumerate(zip(self.input_dtypes, batch))})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
@@ -195,6 +268,8 @@ def load_model(serialized_file: str, model_file: str | None, device: torch.devic
                class_name: str | None = None, threads: int = 1, precision: str = "fp32"):
     """Returns (model, format). `precision` is the worker's resolved precision (OpenVINO's hint)."""
     fmt = detect_format(serialized_file, model_file)
+    if os.path.basename(serialized_file) == TRANSFORMER_FILE:
+        return load_transformer(serialized_file, device, threads, precision), fmt
     if fmt == "openvino":
         return OpenVinoModel(serialized_file, threads, precision), fmt
     if fmt == "eager":

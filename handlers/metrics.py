@@ -18,6 +18,7 @@ STAGE_COUNTERS = {"preprocess": "TskitPreprocessMs", "inference": "TskitInferenc
                   "postprocess": "TskitPostprocessMs"}
 REQUESTS, BATCHES, BAD_INPUT = "TskitRequests", "TskitBatches", "TskitBadInput"
 PSI_METRIC, MAX_METRIC = "TskitDriftPSI", "TskitDriftMax"
+TRUNCATED = "TskitTextsTruncated"
 
 
 def record_batch(context, stage_ms: dict[str, float], requests: int, rejected_kinds: list[str]) -> None:
@@ -34,6 +35,13 @@ def record_batch(context, stage_ms: dict[str, float], requests: int, rejected_ki
         metrics.add_time("HandlerTime", round(sum(stage_ms.values()), 2), None, "ms", [])
     except Exception:  # metrics must never fail a batch
         logger.exception("could not record handler metrics")
+
+
+def record_truncated(context, texts: int) -> None:
+    """Texts cut to the model's longest input (and answered)."""
+    metrics = getattr(context, "metrics", None)
+    if metrics is not None and texts:
+        metrics.add_counter(TRUNCATED, texts, None, [])
 
 
 def record_drift(context, names: list[str], values: np.ndarray) -> None:

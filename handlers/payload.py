@@ -75,3 +75,26 @@ def decode_base64(text: str) -> bytes:
     if not data:
         raise BadInput("base64 payload is empty")
     return data
+
+
+TEXT_KEYS = ("text", "data")
+
+
+def request_text(request: dict) -> str:
+    """The request's text: a raw body (bytes or str), a multipart field `data`/`text`, or JSON
+    {"text": ...} / {"data": ...}."""
+    if isinstance(request, dict) and request.get("data") is None and request.get("body") is None \
+            and request.get("text") is not None:
+        value = request["text"]
+    else:
+        value = request_value(request)
+    if isinstance(value, dict):
+        value = unwrap_json(value, TEXT_KEYS, "the text")
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise BadInput(f"text is not valid UTF-8 (byte {err.start})", kind="InvalidEncoding") from None
+    if not isinstance(value, str):
+        raise BadInput(f"expected text, got JSON {type(value).__name__}: send a string or {{\"text\": \"...\"}}")
+    return value

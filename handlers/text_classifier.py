@@ -21,9 +21,8 @@ import torch
 from handlers.base import TskitHandler
 from handlers.errors import BadInput, ConfigError
 from handlers.explain import EXPLAIN_CONFIG, attribute, embedding_forward, explain_valid, find_embedding, resolve_targets
-from handlers.payload import request_value, unwrap_json
+from handlers.payload import request_text
 
-TEXT_KEYS = ("text", "data")
 TOP_TOKENS = 5  # how many of the tokens that argue most for the target an explanation lists
 VOCAB_KEYS = ("lowercase", "token_pattern", "pad_id", "unk_id", "max_length", "labels", "tokens")
 
@@ -58,26 +57,6 @@ def read_vocab(path: str) -> tuple[dict, re.Pattern]:
     if vocab["pad_id"] == vocab["unk_id"] or int(vocab["max_length"]) < 1 or not vocab["labels"]:
         raise ConfigError(f"{os.path.basename(path)}: need pad_id != unk_id, max_length >= 1 and labels")
     return vocab, pattern
-
-
-def request_text(request: dict) -> str:
-    """The request's text: a raw body (bytes or str), a multipart field `data`/`text`, or JSON
-    {"text": ...} / {"data": ...}."""
-    if isinstance(request, dict) and request.get("data") is None and request.get("body") is None \
-            and request.get("text") is not None:
-        value = request["text"]
-    else:
-        value = request_value(request)
-    if isinstance(value, dict):
-        value = unwrap_json(value, TEXT_KEYS, "the text")
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise BadInput(f"text is not valid UTF-8 (byte {err.start})", kind="InvalidEncoding") from None
-    if not isinstance(value, str):
-        raise BadInput(f"expected text, got JSON {type(value).__name__}: send a string or {{\"text\": \"...\"}}")
-    return value
 
 
 class TextClassifier(TskitHandler):

@@ -107,6 +107,14 @@ def existing_file(value: str, flag: str) -> None:
         raise FileNotFoundError(f"{label} not found: {path}" + (" (that is a folder)" if path.is_dir() else ""))
 
 
+def hugging_face_folder(value: str, flag: str) -> None:
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{flag} {value}: " + ("a file, not a folder" if path.exists() else "not found"))
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{flag} {value} is not a Hugging Face model folder: it has no config.json")
+
+
 def python_file(value: str, flag: str) -> None:
     existing_file(value, flag)
     if Path(value).suffix != ".py":

@@ -6,14 +6,23 @@ from pathlib import Path
 
 from export.formats import FORMATS
 from handlers.tasks import TASKS, scaffold_bases
-from tskit.arguments import existing_archive, existing_file, folder_to_write, one_line, python_file, shape
+from export.formats import TRANSFORMER_FORMATS
+from tskit.arguments import (existing_archive, existing_file, folder_to_write, hugging_face_folder, one_line,
+                             python_file, shape)
 from tskit.client import TorchServeClient
 from tskit.commands import SERVER, arg, command
 
 
 @command("build", "build a self-contained .mar with torch-model-archiver",
          arg("name"),
-         arg("--serialized-file", required=True, help="state_dict (.pt/.pth) or TorchScript file"),
+         arg("--serialized-file", check=existing_file,
+             help="state_dict (.pt/.pth), TorchScript, ONNX, OpenVINO (.xml) or .pt2 file"),
+         arg("--model-dir", check=hugging_face_folder,
+             help="instead of --serialized-file, for transformer_classifier: your Hugging Face folder (config.json, "
+                  "weights, tokenizer), which AutoTokenizer and AutoModelForSequenceClassification load"),
+         arg("--format", default="eager", choices=TRANSFORMER_FORMATS,
+             help="with --model-dir: the format the transformer is served in (eager needs transformers in the "
+                  "worker; the others only tokenizers and their engine)"),
          arg("--model-file", help="Python file defining the nn.Module (for a state_dict)"),
          arg("--handler", default="image_classifier",
              help=lambda: f"a task ({', '.join(TASKS)}) or your own handler file (my_handler.py), whose one class "
@@ -40,6 +49,9 @@ def build(args) -> int:
     from export.golden import inputs_from_files
     from export.reference import read_reference_inputs
 
+    if args.format != "eager" and not args.model_dir:
+        raise ValueError("--format is for --model-dir (a Hugging Face folder); export other models with "
+                         "`tskit export` first and pass the file as --serialized-file")
     spec = ArchiveSpec(
         name=args.name, serialized_file=args.serialized_file, handler=args.handler,
         model_file=args.model_file, labels=args.labels, config=read_config(args.config),
@@ -47,7 +59,7 @@ def build(args) -> int:
         golden_inputs=inputs_from_files(args.golden or []),
         reference_inputs=read_reference_inputs(args.reference) if args.reference else [],
         explain_weights=args.explain_weights, explain_model_file=args.explain_model_file,
-        requirements=args.requirements,
+        requirements=args.requirements, model_dir=args.model_dir, model_format=args.format,
     )
     mar = build_archive(spec)
     sign_if_asked(mar, args.sign_key)

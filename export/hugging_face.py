@@ -1,0 +1,182 @@
+"""A user's Hugging Face folder to what a transformer archive carries (`tskit build --model-dir`).
+
+Any folder `AutoTokenizer` and the task's `AutoModelFor...` load works: WordPiece, byte-level BPE or SentencePiece
+tokenizers alike, since the tokenizer is written as one `tokenizer.json` that the `tokenizers` package reads in the
+worker. The model goes into the archive's `transformer/` folder in the format asked for:
+
+| format      | file in transformer/      | the worker needs            |
+| ----------- | ------------------------- | --------------------------- |
+| eager       | config.json + model.safetensors (the Hugging Face folder) | transformers, tokenizers |
+| torchscript | model.torchscript.pt      | tokenizers                  |
+| onnx        | model.onnx                | onnxruntime, tokenizers     |
+| openvino    | model.xml + model.bin     | openvino, tokenizers        |
+
+Every exported format takes (batch, sequence) dynamic inputs, so a batch is padded to its own longest text.
+`tskit-transformer.json` (handlers/loading.py: TRANSFORMER_FILE) is the archive's serialized file: it names the
+format, the inputs in order, the labels and the longest input the model takes.
+"""
+import dataclasses
+import inspect
+import json
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from export.formats import TRANSFORMER_FORMATS
+from handlers.loading import TRANSFORMER_FILE, HuggingFaceModel
+
+FOLDER = "transformer"
+# task: (the transformers class that loads its folder, the output the handler reads)
+TASK_MODELS = {"transformer_classifier": ("AutoModelForSequenceClassification", "logits")}
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+ENGINE_PACKAGES = {"eager": ["transformers"], "onnx": ["onnxruntime"], "openvino": ["openvino"]}
+MODEL_FILES = {"eager": "model.safetensors", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
+               "openvino": "model.xml"}
+
+
+@dataclass
+class TransformerFiles:
+    serialized_file: Path  # tskit-transformer.json
+    folder: Path  # transformer/, an extra folder of the archive
+    requirements: Path  # what the worker needs, for the manifest
+    description: dict
+
+
+def prepare_transformer(model_dir: str | Path, task: str, fmt: str, work: str | Path) -> TransformerFiles:
+    """Write the archive files for the Hugging Face folder `model_dir` served by `task` in format `fmt`."""
+    if task not in TASK_MODELS:
+        raise ValueError(f"--model-dir is for the Hugging Face tasks ({', '.join(TASK_MODELS)}), not {task!r}")
+    if fmt not in TRANSFORMER_FORMATS:
+        raise ValueError(f"a transformer is served in one of {', '.join(TRANSFORMER_FORMATS)}, not {fmt!r}")
+    tokenizer, model = load_folder(Path(model_dir), TASK_MODELS[task][0], fmt)
+    out = Path(work) / "transformer-files"
+    folder = out / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    model.config.save_pretrained(folder)
+    names = input_names(tokenizer, model)
+    description = {
+        "task": task,
+        "format": fmt,
+        "model": f"{FOLDER}/{MODEL_FILES[fmt]}",
+        "tokenizer": f"{FOLDER}/tokenizer.json",
+        "auto_class": TASK_MODELS[task][0],
+        "output": TASK_MODELS[task][1],
+        "inputs": names,
+        "max_length": max_length(tokenizer, model),
+        "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+        "problem_type": model.config.problem_type or "single_label_classification",
+        "architecture": type(model).__name__,
+    }
+    wrapped = HuggingFaceModel(model, names, description["output"]).eval()
+    check_longest_input(wrapped, description)
+    write_model(wrapped, fmt, folder, example_inputs(tokenizer, names))
+    serialized = out / TRANSFORMER_FILE
+    serialized.write_text(json.dumps(description, indent=1))
+    requirements = out / "requirements.txt"
+    packages = ENGINE_PACKAGES.get(fmt, []) + ["tokenizers"]
+    requirements.write_text("".join(f"{p}=={metadata.version(p)}\n" for p in packages))
+    return TransformerFiles(serialized, folder, requirements, description)
+
+
+def transformer_spec(spec, work: Path):
+    """`spec` (export.archive.ArchiveSpec) with its `model_dir` turned into the files the archive carries, the
+    worker's packages added to the user's requirements."""
+    from handlers.requirements import parse_requirements
+
+    if spec.serialized_file or spec.model_file:
+        raise ValueError("--model-dir replaces --serialized-file and --model-file: give one or the other")
+    files = prepare_transformer(spec.model_dir, spec.handler, spec.model_format, work)
+    requirements = files.requirements
+    if spec.requirements:
+        users = parse_requirements(Path(spec.requirements).read_text(), spec.requirements)
+        ours = parse_requirements(files.requirements.read_text())
+        named = {line.split("=")[0].split("<")[0].split(">")[0] for line in users}
+        requirements = work / "requirements-all.txt"
+        requirements.write_text("".join(f"{r}\n" for r in users + [r for r in ours if r.split("==")[0] not in named]))
+    return dataclasses.replace(spec, serialized_file=str(files.serialized_file), model_dir=None,
+                               extra_files=[*spec.extra_files, str(files.folder)], requirements=str(requirements))
+
+
+def load_folder(model_dir: Path, auto_class: str, fmt: str):
+    """The folder's tokenizer (a fast one: it becomes tokenizer.json) and model, in fp32. Exported formats are
+    traced through the plain attention code, which every exporter follows; eager keeps the folder's default."""
+    import transformers
+
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{model_dir}: its tokenizer has no fast (`tokenizers`) version, which the worker runs")
+    options = {} if fmt == "eager" else {"attn_implementation": "eager"}
+    model = getattr(transformers, auto_class).from_pretrained(model_dir, dtype=torch.float32, **options)
+    return tokenizer, model.eval()
+
+
+def input_names(tokenizer, model) -> list[str]:
+    """The tokenizer's outputs that the model's forward takes, in a fixed order."""
+    takes = inspect.signature(model.forward).parameters
+    names = [n for n in INPUT_ORDER if n in tokenizer.model_input_names and n in takes]
+    if "input_ids" not in names:
+        raise ValueError(f"{type(model).__name__} does not take the tokenizer's input_ids")
+    return names
+
+
+def max_length(tokenizer, model) -> int:
+    """The longest input in tokens: the tokenizer's model_max_length where it sets a real one, never more than the
+    position embeddings hold (RoBERTa-like models count positions from their padding index + 1)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    embeddings = getattr(model.base_model, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    if padding_idx is not None:
+        limit -= padding_idx + 1
+    declared = getattr(tokenizer, "model_max_length", None)
+    return int(min(limit, declared)) if declared and declared < 1_000_000 else int(limit)
+
+
+def example_inputs(tokenizer, names: list[str]) -> tuple[torch.Tensor, ...]:
+    """Two texts of different lengths, padded: a batch > 1 with padding keeps tracing general."""
+    encoded = tokenizer(["a short text", "a longer text, with a few more words in it than the first"],
+                        padding=True, return_tensors="pt")
+    return tuple(encoded[n] for n in names)
+
+
+def check_longest_input(model: HuggingFaceModel, description: dict) -> None:
+    """Run the model once on an input of `max_length` tokens, so a limit it cannot take fails the build."""
+    ids = torch.full((1, description["max_length"]), description["pad_id"], dtype=torch.long)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    try:
+        with torch.inference_mode():
+            model(*(inputs[n] for n in description["inputs"]))
+    except (IndexError, RuntimeError) as err:
+        raise ValueError(f"the model cannot take {description['max_length']} tokens, the longest input its "
+                         f"tokenizer and config allow: {str(err).splitlines()[0]}") from None
+
+
+def write_model(model: HuggingFaceModel, fmt: str, folder: Path, example: tuple[torch.Tensor, ...]) -> Path:
+    path = folder / MODEL_FILES[fmt]
+    names = model.input_names
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings: the outputs are compared in tests
+        if fmt == "eager":
+            model.model.save_pretrained(folder)
+        elif fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(model, example), str(path))
+        else:
+            onnx = path if fmt == "onnx" else folder.parent / "model.onnx"
+            axes = {n: {0: "batch", 1: "sequence"} for n in names}
+            torch.onnx.export(model, example, str(onnx), dynamo=False, input_names=names,
+                              output_names=[model.output], dynamic_axes={**axes, model.output: {0: "batch"}},
+                              opset_version=17)
+            if fmt == "openvino":
+                import openvino as ov
+
+                ov.save_model(ov.convert_model(str(onnx)), str(path), compress_to_fp16=False)
+                onnx.unlink()
+    return path

@@ -1,0 +1,106 @@
+"""transformer_classifier on Hugging Face folders of three families (tests/hf_models.py) in every format, as a worker
+runs it: answers equal to what `transformers` computes for each text alone, whichever texts share the batch;
+texts past the model's maximum cut and answered; bad bodies a JSON 4xx beside answered neighbours."""
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from export.archive import ArchiveSpec, build_archive
+from export.formats import TRANSFORMER_FORMATS
+from handlers.transformer_classifier import TransformerClassifier
+from tests.hf_models import ARCHITECTURES, LABELS, build_folder, reference_probabilities
+from tskit.testing import load_handler, run_batch, unpack_archive
+
+TEXTS = [
+    "Call now to WIN a free prize!!",
+    "ok",
+    "see you at lunch tomorrow, the meeting moved to 3pm and Anna will bring the slides we talked about",
+    "emoji 😀🎉 and CJK 你好世界 and right-to-left مرحبا بالعالم שלום עולם",
+    "word " * 200,  # past every model's 64 tokens: cut and answered
+]
+
+
+@pytest.fixture(scope="session")
+def hf_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {arch: build_folder(arch, root) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def transformer_archive(hf_folders, tmp_path_factory):
+    """{(architecture, format): the unpacked archive}, each built once, when a test first asks for it."""
+    built = {}
+
+    def get(arch: str, fmt: str):
+        if (arch, fmt) not in built:
+            work = tmp_path_factory.mktemp(f"{arch}-{fmt}")
+            mar = build_archive(ArchiveSpec(f"{arch}_{fmt}", None, handler="transformer_classifier",
+                                            model_dir=str(hf_folders[arch]), model_format=fmt,
+                                            export_path=str(work / "store"), config={"batchSize": 8}))
+            built[arch, fmt] = unpack_archive(mar, work / "unpacked")
+        return built[arch, fmt]
+
+    return get
+
+
+def answers(handler, texts: list[str]) -> list:
+    results = run_batch(handler, [{"body": text.encode()} for text in texts])
+    assert all(status == 200 for status, _ in results), results
+    return [answer for _, answer in results]
+
+
+@pytest.mark.parametrize("fmt", TRANSFORMER_FORMATS)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_answers_equal_transformers_whoever_shares_the_batch(arch, fmt, hf_folders, transformer_archive):
+    handler = load_handler(TransformerClassifier, transformer_archive(arch, fmt), batch_size=8)
+    expected = reference_probabilities(hf_folders[arch], TEXTS, handler.tokenizer.max_length)
+    together = answers(handler, TEXTS)
+    alone = [answers(handler, [text])[0] for text in TEXTS]
+    for text, want, got, single in zip(TEXTS, expected, together, alone):
+        assert list(got) == sorted(want, key=want.get, reverse=True)[:len(got)], (text, want, got)
+        for label, p in got.items():
+            assert abs(p - want[label]) <= 1e-3, (arch, fmt, text[:40], label, p, want[label])
+            assert abs(p - single[label]) <= 1e-5, "an answer depends on the texts beside it"
+    assert len(together[0]) == min(5, len(LABELS[arch]))
+
+
+def test_a_long_text_is_cut_to_the_models_maximum_and_logged(transformer_archive, caplog):
+    handler = load_handler(TransformerClassifier, transformer_archive("bert", "eager"))
+    with caplog.at_level(logging.INFO, logger="handlers"):
+        [(status, _)] = run_batch(handler, [{"body": ("word " * 500).encode()}])
+    assert status == 200 and handler.tokenizer.max_length == 64
+    assert "was cut to the model's 64 tokens" in caplog.text
+    item = handler.decode({"body": b"word " * 500})
+    assert len(item) == 64 and item.truncated
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"", 400, "empty"),
+    (b"   \n\t ", 400, "empty text"),
+    (b"\xff\xfe not UTF-8", 400, "not valid UTF-8"),
+    ({"words": "hi"}, 400, "JSON body must carry the text"),
+    ([1, 2, 3], 400, "expected text"),
+    (b"x" * 100001, 413, "the limit is 100000"),
+])
+def test_bad_bodies_are_a_json_4xx_and_the_neighbours_are_answered(body, status, message, transformer_archive):
+    handler = load_handler(TransformerClassifier, transformer_archive("roberta", "onnx"))
+    results = run_batch(handler, [{"body": b"a fine text"}, {"body": body}, {"body": {"text": "another one"}}])
+    assert results[1][0] == status and message in results[1][1]["message"], results[1]
+    assert results[0][0] == results[2][0] == 200 and set(results[0][1]) == set(LABELS["roberta"])
+
+
+def test_an_eager_archive_refuses_a_worker_without_transformers_naming_it(transformer_archive, tmp_path):
+    """The eager format needs `transformers` in the worker: a Python without it refuses at load, naming it."""
+    blocker = tmp_path / "site" / "transformers"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'transformers'\", "
+                                         "name='transformers')\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[2])\n"
+            "from export.inprocess import load_handler\n"
+            "from handlers.transformer_classifier import TransformerClassifier\n"
+            "load_handler(TransformerClassifier, sys.argv[1])\n")
+    result = subprocess.run([sys.executable, "-c", code, str(transformer_archive("distilbert", "eager")),
+                             str(tmp_path / "site")], capture_output=True, text=True)
+    assert result.returncode != 0 and "transformers" in result.stderr.splitlines()[-1], result.stderr[-2000:]
