@@ -113,6 +113,16 @@ EXPORT = ["export", "t", "--model-file", "{tiny_cli_model}", "--weights", "{tiny
     (["optimize", "{fake}", "--calibration", "{folder}", "--min-agreement", "99"],
      "error: argument --min-agreement: must be between 0 and 1 (0.99 for 99%), got 99"),
     (["optimize", "{fake}", "--calibration", "{folder}", "--budget", "0"], "error: argument --budget: must be above 0"),
+    (["build", "m", "--handler", "transformer_classifier", "--model-dir", "{dir}/missing"],
+     "--model-dir {dir}/missing: not found"),
+    (["build", "m", "--handler", "transformer_classifier", "--model-dir", "{readme}"],
+     "--model-dir {readme}: a file, not a folder"),
+    (["build", "m", "--handler", "transformer_classifier", "--model-dir", "{folder}"],
+     "--model-dir {folder} is not a Hugging Face model folder: it has no config.json"),
+    (["build", "m", "--handler", "transformer_classifier", "--model-dir", "{dir}", "--format", "aoti"],
+     "error: argument --format: invalid choice: 'aoti'"),
+    (["build", "m", "--serialized-file", "{tiny}", "--format", "onnx"], "--format is for --model-dir"),
+    (["build", "m", "--handler", "tensor"], "give the model: a serialized file (--serialized-file), or"),
 ])
 def test_each_wrong_file_or_bad_value_is_one_line(files, capsys, args, expected):
     argv = [a.format(**files) for a in args]
