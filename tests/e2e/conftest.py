@@ -150,23 +150,37 @@ def kserve_store(kserve_built, tmp_path_factory):
     return store
 
 
-@pytest.fixture(scope="session")
-def stock_python(tmp_path_factory) -> str:
-    """A Python that sees the installed torch/torchserve but not this project, as a stock TorchServe host has.
+def stock_venv(root: Path, blocked: tuple[str, ...] = ()) -> str:
+    """A Python that sees the installed torch/torchserve but not this project, as a stock TorchServe host has, nor
+    the `blocked` packages (each shadowed by one that fails to import, as a missing one does).
 
-    A venv whose one .pth line adds the project venv's site-packages as a plain path: .pth files inside that
+    A venv whose one .pth file adds the project venv's site-packages as a plain path: .pth files inside that
     folder (the project's editable install among them) are not processed, so `handlers`, `export` and `tskit`
     are not importable, while torch, ts and PIL are."""
-    root = tmp_path_factory.mktemp("stock-venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "stock.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    paths = []
+    if blocked:
+        for package in blocked:
+            (root / "blocked" / package).mkdir(parents=True)
+            (root / "blocked" / package / "__init__.py").write_text(
+                f"raise ModuleNotFoundError(\"No module named '{package}'\", name='{package}')\n")
+        paths.append(str(root / "blocked"))
+    Path(site, "stock.pth").write_text("\n".join([*paths, sysconfig.get_paths()["purelib"]]) + "\n")
     probe = subprocess.run([str(python), "-c", "import ts, torch, PIL\nimport handlers"], capture_output=True,
                            text=True, cwd=root)
     assert "No module named 'handlers'" in probe.stderr, "the stock Python must not see the project"
+    for package in blocked:
+        probe = subprocess.run([str(python), "-c", f"import {package}"], capture_output=True, text=True, cwd=root)
+        assert f"No module named '{package}'" in probe.stderr, probe.stderr
     return str(python)
+
+
+@pytest.fixture(scope="session")
+def stock_python(tmp_path_factory) -> str:
+    return stock_venv(tmp_path_factory.mktemp("stock-venv"))
 
 
 def wait_drift(client, until, what: str, **labels: str) -> dict[str, float]:

@@ -1,0 +1,91 @@
+"""A user's Hugging Face folder (RoBERTa with a byte-level BPE tokenizer, tests/hf_models.py) built by `tskit build
+--handler transformer_classifier --model-dir --format onnx` with golden texts, served by a real TorchServe whose
+Python has neither this project nor `transformers`: answers over HTTP equal what `transformers` computes, texts of
+every length batched together, a long one cut and counted, bad bodies a JSON 4xx, and `tskit verify` live."""
+import concurrent.futures
+import subprocess
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import REPO, TSKIT, stock_venv
+from tests.hf_models import build_folder, reference_probabilities
+from tskit.properties import serve_overrides
+from tskit.server import TorchServeProcess
+
+MODEL = "sms_roberta"
+FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 20, "responseTimeout": 120}
+TEXTS = ["Call now to WIN a free prize!!", "ok", "see you at lunch tomorrow, ok?", "emoji 😀🎉 你好世界 مرحبا שלום",
+         "Your account 4921 was charged $49.99 - reply if this wasn't you", "word " * 300,
+         "hello world", "a somewhat longer message about nothing in particular, to vary the lengths in a batch"]
+MAX_TOKENS = 64  # tests/hf_models.py: every folder takes at most 64 tokens
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build_folder("roberta", tmp_path_factory.mktemp("hf-e2e"))
+
+
+@pytest.fixture(scope="module")
+def built(folder, tmp_path_factory):
+    work = tmp_path_factory.mktemp("transformer-e2e")
+    (work / "model-config.yaml").write_text(yaml.safe_dump({**FRONTEND, "handler": {"topk": 2}}))
+    golden = work / "golden"
+    golden.mkdir()
+    for i, text in enumerate(TEXTS[:3]):
+        (golden / f"text{i}.txt").write_text(text)
+    store = work / "model_store"
+    result = subprocess.run(TSKIT + ["build", MODEL, "--handler", "transformer_classifier", "--model-dir", str(folder),
+                                     "--format", "onnx", "--config", str(work / "model-config.yaml"), "--golden",
+                                     str(golden), "--export-path", str(store)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return store / f"{MODEL}.mar"
+
+
+@pytest.fixture(scope="module")
+def server(built, tmp_path_factory):
+    python = stock_venv(tmp_path_factory.mktemp("no-transformers-venv"), blocked=("transformers",))
+    ts = TorchServeProcess(tmp_path_factory.mktemp("ts-transformer"), REPO / "config.properties", built.parent,
+                           python=python, overrides=serve_overrides({MODEL: FRONTEND}))
+    with ts:
+        yield ts
+
+
+def test_answers_over_http_equal_transformers_whatever_the_batch(server, folder):
+    expected = reference_probabilities(folder, TEXTS, MAX_TOKENS)
+    c = server.client
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # concurrent requests: TorchServe batches them
+        responses = list(pool.map(lambda t: c.predict(MODEL, t.encode()), TEXTS * 3))
+    for text, response in zip(TEXTS * 3, responses):
+        assert response.status_code == 200, response.text
+        want = expected[TEXTS.index(text)]
+        answer = response.json()
+        assert list(answer) == sorted(want, key=want.get, reverse=True)[:2]
+        assert all(abs(p - want[label]) <= 1e-3 for label, p in answer.items()), (text[:30], answer, want)
+    assert "loaded onnx model" in server.log()  # in a Python without transformers
+
+
+def test_a_cut_text_is_counted(server):
+    c = server.client
+    assert c.predict(MODEL, ("long " * 400).encode()).status_code == 200
+    counted = c.wait_metric("TskitTextsTruncated", "ModelName", lambda v: v.get(MODEL, 0) >= 1)
+    assert counted.get(MODEL, 0) >= 1, counted
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    (b"\xff\xfe\x00bad", 400, "InvalidEncoding"), (b"   ", 400, "EmptyText"), (b'{"txt": "hi"}', 400, "BadInput"),
+])
+def test_bad_bodies_are_a_json_4xx_and_the_worker_lives(server, body, status, kind):
+    c = server.client
+    headers = {"Content-Type": "application/json"} if body.startswith(b"{") else {}
+    r = c.inference("POST", f"/predictions/{MODEL}", data=body, headers=headers, timeout=60)
+    assert r.status_code == status and r.json()["type"] == kind, r.text
+    assert c.predict(MODEL, b"still answering").status_code == 200 and c.ready_workers(MODEL) == 1
+
+
+def test_verify_replays_the_golden_texts_live(server, built):
+    cli = subprocess.run(TSKIT + ["verify", str(built), "--url", server.client.inference_url, "--workdir",
+                                  str(server.workdir)], capture_output=True, text=True, cwd=REPO)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert cli.stdout.count("ok    live http://127.0.0.1:") == 3 and "PASSED" in cli.stdout
