@@ -49,8 +49,11 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def quantile_edges(column: np.ndarray, bins: int) -> np.ndarray:
-    """Distinct interior quantiles: ties (a feature that is often 0, token counts) merge bins."""
+    """Distinct interior quantiles: ties (a feature that is often 0, token counts) merge bins. A feature constant
+    in the reference (no text was cut) gets an edge just above its value, so any other value is a bin of its own."""
     qs = np.quantile(column, np.linspace(0, 1, bins + 1)[1:-1])
+    if column.min() == column.max():
+        qs = np.append(qs, np.nextafter(column.max(), np.inf))
     return np.unique(qs)
 
 

@@ -11,7 +11,7 @@ from export.archive import ArchiveSpec, build_archive
 from export.formats import TRANSFORMER_FORMATS
 from handlers.transformer_classifier import TransformerClassifier
 from tests.hf_models import ARCHITECTURES, LABELS, build_folder, reference_probabilities
-from tskit.testing import load_handler, run_batch, unpack_archive
+from tskit.testing import load_handler, run_batch, run_envelope, unpack_archive
 
 TEXTS = [
     "Call now to WIN a free prize!!",
@@ -104,3 +104,41 @@ def test_an_eager_archive_refuses_a_worker_without_transformers_naming_it(transf
     result = subprocess.run([sys.executable, "-c", code, str(transformer_archive("distilbert", "eager")),
                              str(tmp_path / "site")], capture_output=True, text=True)
     assert result.returncode != 0 and "transformers" in result.stderr.splitlines()[-1], result.stderr[-2000:]
+
+
+def test_kserve_v1_instances_and_v2_bytes_inputs_answer_like_plain_requests(transformer_archive):
+    import json
+
+    handler = load_handler(TransformerClassifier, transformer_archive("bert", "openvino"))
+    plain = answers(handler, TEXTS[:3])
+    status, body = run_envelope(handler, "kserve", {"instances": [TEXTS[0], {"text": TEXTS[1]}, {"data": TEXTS[2]}]})
+    assert status == 200
+    for want, got in zip(plain, body["predictions"]):
+        assert list(got) == list(want) and all(abs(got[k] - want[k]) <= 1e-5 for k in want)
+    request = {"id": "r1", "inputs": [{"name": f"t{i}", "shape": [1], "datatype": "BYTES", "data": [text]}
+                                      for i, text in enumerate(TEXTS[:2])]}
+    status, body = run_envelope(handler, "kservev2", request)
+    assert status == 200 and [list(json.loads(o["data"][0])) for o in body["outputs"]] == [list(a) for a in plain[:2]]
+
+
+def test_a_drift_reference_of_texts_is_built_and_new_kinds_of_text_drift(hf_folders, tmp_path):
+    """`--reference` texts give the archive its drift reference (tokens, unknown share, cut, top-1 probability);
+    texts unlike them move the statistics."""
+    from export.golden import GoldenInput
+
+    reference = [GoldenInput(f"r{i}.txt", (f"message {i} " + "about lunch and meetings " * (i % 6)).encode())
+                 for i in range(40)]
+    mar = build_archive(ArchiveSpec("drifting", None, handler="transformer_classifier",
+                                    model_dir=str(hf_folders["bert"]), model_format="onnx",
+                                    export_path=str(tmp_path / "store"), reference_inputs=reference,
+                                    config={"handler": {"drift_window": 16, "drift_min_count": 8, "drift_every": 8}}))
+    handler = load_handler(TransformerClassifier, unpack_archive(mar, tmp_path / "unpacked"))
+    assert handler.drift is not None
+    for _ in range(2):
+        answers(handler, [f"message {i} " + "about lunch and meetings " * (i % 6) for i in range(8)])
+    calm = dict(zip(handler.drift.names, handler.drift.last))
+    for _ in range(2):
+        answers(handler, ["word " * 300] * 8)
+    shifted = dict(zip(handler.drift.names, handler.drift.last))
+    assert {"tokens", "unknown_rate", "truncated", "top1_probability"} <= set(calm), calm
+    assert calm["tokens"] < handler.drift.threshold < shifted["tokens"] and shifted["truncated"] > calm["truncated"]
