@@ -18,6 +18,7 @@ format, the inputs in order, the labels and the longest input the model takes.
 import dataclasses
 import inspect
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -91,7 +92,7 @@ def transformer_spec(spec, work: Path):
 
     if spec.serialized_file or spec.model_file:
         raise ValueError("--model-dir replaces --serialized-file and --model-file: give one or the other")
-    files = prepare_transformer(spec.model_dir, spec.handler, spec.model_format, work)
+    files = prepare_transformer(spec.model_dir, task_of(spec.handler), spec.model_format, work)
     requirements = files.requirements
     if spec.requirements:
         users = parse_requirements(Path(spec.requirements).read_text(), spec.requirements)
@@ -101,6 +102,21 @@ def transformer_spec(spec, work: Path):
         requirements.write_text("".join(f"{r}\n" for r in users + [r for r in ours if r.split("==")[0] not in named]))
     return dataclasses.replace(spec, serialized_file=str(files.serialized_file), model_dir=None,
                                extra_files=[*spec.extra_files, str(files.folder)], requirements=str(requirements))
+
+
+def task_of(handler: str) -> str:
+    """The transformer task of `--handler`: a task's name, or the one a user's handler file subclasses."""
+    from export.user_handler import is_handler_file
+    from handlers.tasks import TASKS
+
+    if not is_handler_file(handler):
+        return handler
+    source = Path(handler).read_text(encoding="utf-8") if Path(handler).is_file() else ""
+    found = [name for name in TASK_MODELS if re.search(rf"\b{TASKS[name].class_name}\b", source)]
+    if len(found) != 1:
+        raise ValueError(f"--model-dir needs a handler on one of {', '.join(TASK_MODELS)}: {handler} subclasses "
+                         f"{'none' if not found else 'several'} of their classes")
+    return found[0]
 
 
 def load_folder(model_dir: Path, auto_class: str, fmt: str):

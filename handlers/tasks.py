@@ -48,7 +48,8 @@ TASKS = {task.name: task for task in (
     Task("text_classifier", "text_classifier", "TextClassifier", "text",
          Scaffold({"topk": 2, "max_chars": 10000}, 'b"\\xff\\xfe not UTF-8"', 400, "dict"), stand_in=True),
     Task("transformer_classifier", "transformer_classifier", "TransformerClassifier",
-         "text (a Hugging Face model folder: --model-dir)"),
+         "text (a Hugging Face model folder: --model-dir)",
+         Scaffold({"topk": 2, "max_chars": 10000}, 'b"\\xff\\xfe not UTF-8"', 400, "dict"), stand_in=True),
 )}
 BASE = Task("base", "base", "TskitHandler", "what your decode reads",
             Scaffold({"width": 30}, '"not a list"', 400, "list"), stand_in=True)

@@ -23,11 +23,12 @@ TEXT_WORDS = ["free", "prize", "call", "now", "see", "you", "at", "lunch", "win"
 
 @dataclass
 class StandIn:
-    serialized_file: str
-    model_file: str
+    serialized_file: str | None
+    model_file: str | None
     labels: str | None = None
     extra_files: list[str] = field(default_factory=list)
     handler_config: dict = field(default_factory=dict)
+    model_dir: str | None = None  # a Hugging Face folder, for the transformer tasks
 
 
 def _weights(model: torch.nn.Module, path: Path) -> str:
@@ -56,6 +57,8 @@ def stand_in_files(task: str, work_dir: str | Path) -> StandIn:
         labels.write_text(json.dumps({str(i): name for i, name in enumerate(names)}))
         config = {"min_size": 128, "max_size": 256, "score_threshold": 0.05} if task == "object_detector" else {}
         return StandIn(_weights(cls(), work / "stand_in.pt"), str(model_file), str(labels), handler_config=config)
+    if task == "transformer_classifier":
+        return StandIn(None, None, model_dir=str(tiny_bert_folder(work / "hf")))
     if task == "text_classifier":
         model_file = ZOO / "text_cnn.py"
         tokens = {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(TEXT_WORDS)}}
@@ -79,6 +82,30 @@ def stand_in_request(task: str) -> dict:
         buf = io.BytesIO()
         Image.linear_gradient("L").convert("RGB").resize((320, 240)).save(buf, format="PNG")
         return {"body": buf.getvalue()}
-    if task == "text_classifier":
+    if task in ("text_classifier", "transformer_classifier"):
         return {"body": "Call now to win a free prize".encode()}
     return {"body": [round(0.1 * i, 1) for i in range(ROW_FEATURES)]}
+
+
+def tiny_bert_folder(out: Path) -> Path:
+    """A Hugging Face folder as users bring one: a 2-layer BERT sequence classifier (ham/spam) and its WordPiece
+    tokenizer over TEXT_WORDS, written by `save_pretrained`."""
+    import transformers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(special + TEXT_WORDS)}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = transformers.BertTokenizer(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                           cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64,
+                                     id2label=dict(enumerate(TEXT_LABELS)),
+                                     label2id={n: i for i, n in enumerate(TEXT_LABELS)})
+    transformers.BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -43,4 +43,4 @@ def stand_in_archive(handler_file: str | Path, task: str, work_dir: str | Path, 
     return build_archive(ArchiveSpec(
         name=name or Path(handler_file).stem, serialized_file=files.serialized_file, model_file=files.model_file,
         handler=str(handler_file), labels=files.labels, extra_files=files.extra_files, config=settings,
-        export_path=str(work / "model_store")))
+        export_path=str(work / "model_store"), model_dir=files.model_dir))
