@@ -31,7 +31,8 @@ from handlers.loading import TRANSFORMER_FILE, HuggingFaceModel
 
 FOLDER = "transformer"
 # task: (the transformers class that loads its folder, the output the handler reads)
-TASK_MODELS = {"transformer_classifier": ("AutoModelForSequenceClassification", "logits")}
+TASK_MODELS = {"transformer_classifier": ("AutoModelForSequenceClassification", "logits"),
+               "sentence_embedder": ("AutoModel", "last_hidden_state")}
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 ENGINE_PACKAGES = {"eager": ["transformers"], "onnx": ["onnxruntime"], "openvino": ["openvino"]}
 MODEL_FILES = {"eager": "model.safetensors", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
@@ -70,11 +71,17 @@ def prepare_transformer(model_dir: str | Path, task: str, fmt: str, work: str | 
         "inputs": names,
         "max_length": max_length(tokenizer, model),
         "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
-        "problem_type": model.config.problem_type or "single_label_classification",
         "architecture": type(model).__name__,
     }
-    wrapped = HuggingFaceModel(model, names, description["output"]).eval()
+    if task == "sentence_embedder":
+        description.update(sentence_transformers_config(Path(model_dir), folder, description["max_length"]))
+        if "attention_mask" not in names:
+            raise ValueError("pooling over the tokens needs the tokenizer's attention_mask")
+    else:
+        description.update(labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+                           problem_type=model.config.problem_type or "single_label_classification")
+    wrapped = HuggingFaceModel(model, names, description["output"], description.get("pooling"),
+                               description.get("normalize", False)).eval()
     check_longest_input(wrapped, description)
     write_model(wrapped, fmt, folder, example_inputs(tokenizer, names))
     serialized = out / TRANSFORMER_FILE
@@ -83,6 +90,39 @@ def prepare_transformer(model_dir: str | Path, task: str, fmt: str, work: str | 
     packages = ENGINE_PACKAGES.get(fmt, []) + ["tokenizers"]
     requirements.write_text("".join(f"{p}=={metadata.version(p)}\n" for p in packages))
     return TransformerFiles(serialized, folder, requirements, description)
+
+
+def sentence_transformers_config(model_dir: Path, folder: Path, longest: int) -> dict:
+    """Pooling, normalisation and the longest input as the folder's sentence-transformers files say (copied into
+    the archive beside the model); mean pooling without normalisation for a folder without them, as
+    sentence-transformers does."""
+    import shutil
+
+    from handlers.loading import POOLINGS
+
+    modules = json.loads((model_dir / "modules.json").read_text()) if (model_dir / "modules.json").is_file() else []
+    pooling, normalize = "mean", False
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            config = json.loads((model_dir / module["path"] / "config.json").read_text())
+            modes = [mode for mode in POOLINGS if config.get(f"pooling_mode_{mode}_token" if mode == "cls" else
+                                                             f"pooling_mode_{mode}_tokens")]
+            if len(modes) != 1:
+                raise ValueError(f"{module['path']}/config.json: one pooling mode of {', '.join(POOLINGS)} is "
+                                 f"served, not {modes or 'none'}")
+            pooling = modes[0]
+            shutil.copytree(model_dir / module["path"], folder / module["path"], dirs_exist_ok=True)
+        elif kind == "Normalize":
+            normalize = True
+        elif kind not in ("Transformer", ""):
+            raise ValueError(f"modules.json: a {kind} module is not served (Transformer, Pooling, Normalize are)")
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        if (model_dir / name).is_file():
+            shutil.copy(model_dir / name, folder / name)
+    settings = model_dir / "sentence_bert_config.json"
+    seq = json.loads(settings.read_text()).get("max_seq_length") if settings.is_file() else None
+    return {"pooling": pooling, "normalize": normalize, "max_length": min(longest, int(seq or longest))}
 
 
 def transformer_spec(spec, work: Path):

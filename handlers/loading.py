@@ -117,18 +117,39 @@ def load_torchscript(path: str, device: torch.device) -> torch.nn.Module:
         return torch.jit.load(path, map_location=device).eval()
 
 
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[N, L, H] token vectors to [N, H] over the real tokens (`mask` 1), as sentence-transformers' Pooling does."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "max":
+        return hidden.masked_fill(weights == 0, -1e9).amax(dim=1)
+    total, count = (hidden * weights).sum(dim=1), weights.sum(dim=1).clamp_min(1e-9)
+    return total / (count if pooling == "mean" else count.sqrt())
+
+
 class HuggingFaceModel(torch.nn.Module):
     """A `transformers` model called with its input tensors in order, returning one output tensor (`logits`,
-    `last_hidden_state`...): how every format of a transformer is called, and what the others are exported from."""
+    `last_hidden_state`...), pooled over the tokens and normalised where `pooling` says: how every format of a
+    transformer is called, and what the others are exported from."""
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str], output: str):
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output: str, pooling: str | None = None,
+                 normalize: bool = False):
         super().__init__()
         self.model = model
         self.input_names = list(input_names)
         self.output = output
+        self.pooling, self.normalize = pooling, normalize
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return getattr(self.model(**dict(zip(self.input_names, inputs))), self.output)
+        named = dict(zip(self.input_names, inputs))
+        out = getattr(self.model(**named), self.output)
+        if self.pooling:
+            out = pool_tokens(out, named["attention_mask"], self.pooling)
+        return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
 
 
 def load_hugging_face(folder: str, description: dict, device: torch.device) -> HuggingFaceModel:
@@ -141,7 +162,8 @@ def load_hugging_face(folder: str, description: dict, device: torch.device) -> H
                           "or torchscript, which need only `tokenizers`") from None
     auto = getattr(transformers, description["auto_class"])
     model = auto.from_pretrained(folder, attn_implementation=description.get("attention", "sdpa"))
-    return HuggingFaceModel(model, description["inputs"], description["output"]).to(device).eval()
+    return HuggingFaceModel(model, description["inputs"], description["output"], description.get("pooling"),
+                            description.get("normalize", False)).to(device).eval()
 
 
 def load_transformer(path: str, device: torch.device, threads: int, precision: str):
