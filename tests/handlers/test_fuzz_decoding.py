@@ -72,8 +72,11 @@ CONFIGS = {
     "object_detector": {"min_size": 64, "max_size": 128, "score_threshold": 0.05},
     "tensor": {},
     "text_classifier": {},
+    "transformer_classifier": {},
+    "sentence_embedder": {},
 }
 IMAGE_TASKS = ("image_classifier", "image_segmenter", "object_detector")
+TEXT_TASKS = ("text_classifier", "transformer_classifier", "sentence_embedder")
 VARIANTS = {task: (task, CONFIGS[task]) for task in handlers.TASKS}
 if jpeg.available():  # the classifier's libjpeg-turbo path decodes JPEGs itself
     VARIANTS["image_classifier[turbojpeg]"] = ("image_classifier", {**CONFIGS["image_classifier"],
@@ -140,19 +143,19 @@ MAGIC = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\xff\xd8\xff\xe1\x00\x10Exif\x
 def valid_request(task: str) -> dict:
     if task in IMAGE_TASKS:
         return {"body": bytearray(PNG)}
-    return {"body": bytearray(TEXT.encode())} if task == "text_classifier" else {"body": list(ROW)}
+    return {"body": bytearray(TEXT.encode())} if task in TEXT_TASKS else {"body": list(ROW)}
 
 
 def valid_instance(task: str):
     if task in IMAGE_TASKS:
         return {"b64": base64.b64encode(PNG).decode()}
-    return TEXT if task == "text_classifier" else list(ROW)
+    return TEXT if task in TEXT_TASKS else list(ROW)
 
 
 def valid_v2_input(task: str) -> dict:
     if task == "tensor":
         return {"name": "valid", "shape": [ROW_FEATURES], "datatype": "FP32", "data": list(ROW)}
-    data = TEXT if task == "text_classifier" else base64.b64encode(PNG).decode()
+    data = TEXT if task in TEXT_TASKS else base64.b64encode(PNG).decode()
     return {"name": "valid", "shape": [1], "datatype": "BYTES", "data": [data]}
 
 
@@ -426,7 +429,8 @@ def build_stand_in(task: str, config: dict, work) -> "os.PathLike":
             schema = json.loads((files / "tensor_schema.json").read_text())
             (files / "tensor_schema.json").write_text(json.dumps({**schema, "feature_names": FEATURES}))
         spec = dict(serialized_file=stand_in.serialized_file, model_file=stand_in.model_file, labels=stand_in.labels,
-                    extra_files=stand_in.extra_files, handler_config=stand_in.handler_config)
+                    extra_files=stand_in.extra_files, handler_config=stand_in.handler_config,
+                    model_dir=stand_in.model_dir)
     handler_config = {**spec.pop("handler_config"), **FP32, **config}
     return build_archive(ArchiveSpec(name=f"fuzz_{task}", handler=task, config={"handler": handler_config},
                                      export_path=str(work / "model_store"), **spec))
