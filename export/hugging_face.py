@@ -159,11 +159,20 @@ def task_of(handler: str) -> str:
     return found[0]
 
 
+def quiet_transformers():
+    """`transformers`, without its progress bars and notes on every load (a build prints what it built)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
 def load_folder(model_dir: Path, auto_class: str, fmt: str):
     """The folder's tokenizer (a fast one: it becomes tokenizer.json) and model, in fp32. Exported formats are
     traced through the plain attention code, which every exporter follows; eager keeps the folder's default."""
     try:
-        import transformers
+        transformers = quiet_transformers()
     except ImportError:
         raise ValueError("--model-dir reads a Hugging Face folder with `transformers`, which this Python lacks: "
                          "pip install 'torchserve-kit[hf]' (transformers, tokenizers)") from None

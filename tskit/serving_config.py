@@ -37,6 +37,16 @@ def archive_model_name(mar: Path) -> str:
         return json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
 
 
+def archive_takes_text(mar: Path) -> bool:
+    """Whether the archive's handler is one of this library's text tasks (what an example request should send)."""
+    from handlers.tasks import task_of_handler_file
+
+    with zipfile.ZipFile(mar) as zf:
+        handler = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"].get("handler", "")
+    task = task_of_handler_file(Path(handler).name)
+    return task is not None and task.takes.startswith("text")
+
+
 def archive_settings(mar: Path) -> dict:
     """The serving numbers of the archive's own model-config.yaml ({} without one)."""
     with zipfile.ZipFile(mar) as zf:

@@ -2,6 +2,7 @@
 fresh copy of the project's config, with the default model's archive served by 1 worker or by 2, as `tskit
 optimize` may choose either: `tskit serve` waits for what TorchServe registered, never for a number read
 elsewhere, and a `models=` entry that disagrees with its archive is one line naming both values."""
+import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from export.archive import ArchiveSpec, build_archive
 from export.zoo import DEFAULT_NAME
+from export.zoo.minilm import EMBEDDER_NAME, SPAM_NAME
 from tests.e2e.conftest import REPO
 from tskit.client import TorchServeClient
 from tskit.properties import read_properties, write_properties
@@ -23,7 +25,8 @@ CONFIG_SAYS_TWO = ('{"efficientnet_lite0": {"1.0": {"defaultVersion": true, "mar
 
 def fresh_project(root, workers: int, photo: bytes, models: str | None = None):
     """What a fresh clone holds after `make archives samples`: config.properties (on free ports), config/metrics.yaml,
-    samples/coffee.png and model_store/efficientnet_lite0.mar, here a stand-in whose archive says `workers`."""
+    samples/coffee.png and model_store/efficientnet_lite0.mar, here a stand-in whose archive says `workers`, and the
+    two MiniLM archives, here stand-ins of their tasks under their names."""
     (root / "config").mkdir(parents=True)
     (root / "samples").mkdir()
     shutil.copy(REPO / "config" / "metrics.yaml", root / "config" / "metrics.yaml")
@@ -33,6 +36,11 @@ def fresh_project(root, workers: int, photo: bytes, models: str | None = None):
                               labels=files.labels, export_path=str(root / "model_store"),
                               config={"minWorkers": workers, "maxWorkers": workers, "batchSize": 8,
                                       "maxBatchDelay": 5, "handler": {"threads": 1}}))
+    for name, task in ((EMBEDDER_NAME, "sentence_embedder"), (SPAM_NAME, "transformer_classifier")):
+        text = stand_in_files(task, root / "build" / task)
+        build_archive(ArchiveSpec(name=name, serialized_file=None, handler=task, model_dir=text.model_dir,
+                                  export_path=str(root / "model_store"), model_format="onnx",
+                                  config={"handler": {"threads": 1}}))
     props = read_properties(REPO / "config.properties")
     props.update({key: fmt.format(free_port()) for key, fmt in PORT_KEYS.items()})
     if models:
@@ -64,6 +72,11 @@ def test_make_serve_steps_wait_for_what_torchserve_registered(workers, models, p
         assert client.ready_workers(DEFAULT_NAME) == workers
         answer = client.predict(DEFAULT_NAME, photo_bytes["coffee.png"], timeout=60)
         assert answer.status_code == 200 and len(answer.json()) == 5, answer.text
+        curls = [line.strip() for line in served.stdout.splitlines() if line.strip().startswith("curl ")]
+        assert len(curls) == 3, served.stdout
+        text_curl = next(c for c in curls if f"/predictions/{SPAM_NAME} " in c)
+        tried = subprocess.run(["bash", "-c", text_curl], capture_output=True, text=True, cwd=project, timeout=60)
+        assert set(json.loads(tried.stdout)) == {"ham", "spam"}, (text_curl, tried.stdout, tried.stderr)
     finally:
         stopped = subprocess.run(TSKIT + ["stop"], capture_output=True, text=True, cwd=project, timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -46,7 +46,7 @@ def test_shipped_config_leaves_how_models_are_served_to_their_archives():
     tskit build or measured by tskit optimize), which TorchServe 0.12 uses over a models= entry anyway."""
     props = read_properties(REPO / "config.properties")
     assert "models" not in props and "model_snapshot" not in props
-    assert props["load_models"] == "efficientnet_lite0.mar"
+    assert props["load_models"] == "efficientnet_lite0.mar,all_minilm_l6_v2.mar,sms_spam_minilm.mar"
 
 
 @pytest.fixture(scope="module")

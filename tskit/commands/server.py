@@ -19,6 +19,9 @@ def model_store_of(args) -> Path:
     return store if store.is_absolute() else Path(args.workdir) / store
 
 
+SAMPLE_TEXT = "WINNER! Claim your free prize now, call 0800 123 456"
+
+
 @command("serve", "start TorchServe in the background and wait until models are READY",
          *SERVER,
          arg("--timeout", type=float, default=300),
@@ -31,7 +34,8 @@ def model_store_of(args) -> Path:
 def serve(args) -> int:
     from tskit.properties import resolved_properties
     from tskit.server import start_background
-    from tskit.serving_config import archive_settings, configured_settings, disagreements, loaded_archives
+    from tskit.serving_config import (archive_settings, archive_takes_text, configured_settings, disagreements,
+                                      loaded_archives)
 
     client = client_for(args)
     if client.ping():
@@ -60,10 +64,12 @@ def serve(args) -> int:
         print(f"{err}\nsee logs/model_log.log", file=sys.stderr)
         return 1
     key_file = Path(args.workdir) / "key_file.json"
-    for model in models:
+    for model, mar in models.items():
+        body = (f"-H 'Content-Type: text/plain' --data-binary '{SAMPLE_TEXT}'" if archive_takes_text(mar)
+                else f"-T {args.sample}")
         print("\nTry it:\n"
               f"  curl -H \"Authorization: Bearer $(python3 -c 'import json;print(json.load(open(\"{key_file}\"))"
-              f"[\"inference\"][\"key\"])')\" {client.inference_url}/predictions/{model} -T {args.sample}")
+              f"[\"inference\"][\"key\"])')\" {client.inference_url}/predictions/{model} {body}")
     return 0
 
 
