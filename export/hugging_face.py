@@ -228,6 +228,15 @@ def check_longest_input(model: HuggingFaceModel, description: dict) -> None:
                          f"tokenizer and config allow: {str(err).splitlines()[0]}") from None
 
 
+def export_folder_onnx(folder: Path, description: dict, out: Path) -> Path:
+    """The ONNX graph of an eager transformer archive's Hugging Face folder (`tskit optimize` starts from it)."""
+    tokenizer, model = load_folder(Path(folder), description["auto_class"], "onnx")
+    wrapped = HuggingFaceModel(model, description["inputs"], description["output"], description.get("pooling"),
+                               description.get("normalize", False)).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    return write_model(wrapped, "onnx", out, example_inputs(tokenizer, description["inputs"]))
+
+
 def write_model(model: HuggingFaceModel, fmt: str, folder: Path, example: tuple[torch.Tensor, ...]) -> Path:
     path = folder / MODEL_FILES[fmt]
     names = model.input_names

@@ -1,7 +1,10 @@
-"""An archive for TorchServe's own stock `image_classifier` handler, from the default model's weights.
+"""Baselines `tskit bench` compares against: same weights, same TorchServe, stock handler code.
 
-The baseline `tskit bench` compares against: same weights, same TorchServe, stock handler code. The stock
-handler loads TorchScript when an archive has no model file, so the model is traced.
+`build_stock_archive`: TorchServe's own stock `image_classifier` handler with the default model's weights (it
+loads TorchScript when an archive has no model file, so the model is traced). `build_stock_transformer_archive`:
+a Hugging Face folder behind a handler written as TorchServe's Hugging Face example writes it
+(export/stock_handlers/hf_sequence_classifier.py: padding to 150, eager), the folder's files flattened into the
+archive root as that example's recipe does.
 """
 import os
 import subprocess
@@ -27,5 +30,24 @@ def build_stock_archive(export_path: str | Path, name: str = "efficientnet_lite0
         cmd = archiver_command() + ["--model-name", name, "--version", "1.0", "--serialized-file", str(traced),
                                     "--handler", "image_classifier", "--extra-files", str(labels),
                                     "--config-file", str(config), "--export-path", str(export_path), "--force"]
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": tmp})
+    return Path(export_path) / f"{name}.mar"
+
+
+def build_stock_transformer_archive(model_dir: str | Path, export_path: str | Path, name: str, batch_size: int = 8,
+                                    max_delay_ms: int = 20, workers: int = 2) -> Path:
+    handler = Path(__file__).resolve().parent / "stock_handlers" / "hf_sequence_classifier.py"
+    folder = Path(model_dir)
+    extra = [str(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "model.safetensors"]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "model-config.yaml"
+        config.write_text(yaml.safe_dump({"minWorkers": workers, "maxWorkers": workers, "batchSize": batch_size,
+                                          "maxBatchDelay": max_delay_ms, "responseTimeout": 120,
+                                          "torch_threads": 1}))
+        Path(export_path).mkdir(parents=True, exist_ok=True)
+        cmd = archiver_command() + ["--model-name", name, "--version", "1.0", "--serialized-file",
+                                    str(folder / "model.safetensors"), "--handler", str(handler), "--extra-files",
+                                    ",".join(extra), "--config-file", str(config), "--export-path", str(export_path),
+                                    "--force"]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": tmp})
     return Path(export_path) / f"{name}.mar"

@@ -49,9 +49,10 @@ TASKS = {task.name: task for task in (
          Scaffold({"topk": 2, "max_chars": 10000}, 'b"\\xff\\xfe not UTF-8"', 400, "dict"), stand_in=True),
     Task("transformer_classifier", "transformer_classifier", "TransformerClassifier",
          "text (a Hugging Face model folder: --model-dir)",
-         Scaffold({"topk": 2, "max_chars": 10000}, 'b"\\xff\\xfe not UTF-8"', 400, "dict"), stand_in=True),
+         Scaffold({"topk": 2, "max_chars": 10000}, 'b"\\xff\\xfe not UTF-8"', 400, "dict"), stand_in=True,
+         guard="text_classifier"),
     Task("sentence_embedder", "sentence_embedder", "SentenceEmbedder",
-         "text (a Hugging Face or sentence-transformers folder: --model-dir)", stand_in=True),
+         "text (a Hugging Face or sentence-transformers folder: --model-dir)", stand_in=True, guard="embedding"),
 )}
 BASE = Task("base", "base", "TskitHandler", "what your decode reads",
             Scaffold({"width": 30}, '"not a list"', 400, "list"), stand_in=True)

@@ -7,6 +7,11 @@ The classifier's: (a) top-1 agreement on the views where the reference is confid
 `min_confident`; (b) the reference's top-1 inside the candidate's top 5 on at least `min_top5` of all views.
 Overall agreement is reported but not judged: where the reference itself hesitates between two labels, a
 faithful candidate may pick the other one.
+
+The text classifier's (transformer_classifier): top-1 agreement at least `min_confident` where the reference is
+confident and at least `min_overall` on every text (a text has few labels, so top-5 says nothing). The
+embedder's (sentence_embedder): the cosine between the candidate's and the reference's vector at least
+`min_cosine` for 99% of the texts (its first percentile).
 """
 from dataclasses import dataclass
 
@@ -20,6 +25,8 @@ CONFIDENT = 0.5  # the reference's top-1 probability above which a view counts a
 class Thresholds:
     min_confident: float = 0.99
     min_top5: float = 0.99
+    min_overall: float = 0.98  # text classifiers
+    min_cosine: float = 0.99  # embedders
 
 
 @dataclass
@@ -74,4 +81,53 @@ def divergence(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor
     return (log_ref.exp() * (log_ref - log_cand)).sum(dim=1)
 
 
-GUARDS = {"classifier": guard}  # handlers/tasks.py names these; the transformers issue adds text ones
+@dataclass
+class TextClassifierGuard:
+    views: int  # texts
+    confident_views: int
+    overall: float
+    confident: float
+    held_out_confident: float
+
+    def refusal(self, thresholds: Thresholds) -> str | None:
+        if self.confident < thresholds.min_confident:
+            return f"confident agreement {self.confident:.1%} < {thresholds.min_confident:.1%}"
+        if self.overall < thresholds.min_overall:
+            return f"overall agreement {self.overall:.1%} < {thresholds.min_overall:.1%}"
+        return None
+
+    def summary(self) -> str:
+        return f"overall {self.overall:.1%}, confident {self.confident:.1%} of {self.confident_views} texts"
+
+
+def text_classifier_guard(reference: torch.Tensor, candidate: torch.Tensor, held_out: np.ndarray) -> TextClassifierGuard:
+    """Compare [N, labels] logits on the same texts (a softmax's or a sigmoid's top-1 is the logits' argmax)."""
+    result = guard(reference, candidate, held_out)
+    return TextClassifierGuard(result.views, result.confident_views, result.overall, result.confident,
+                               result.held_out_confident)
+
+
+@dataclass
+class EmbeddingGuard:
+    views: int  # texts
+    cosine_p01: float  # 99% of the texts have a cosine at least this high
+    cosine_mean: float
+    cosine_min: float
+
+    def refusal(self, thresholds: Thresholds) -> str | None:
+        if self.cosine_p01 < thresholds.min_cosine:
+            return f"cosine {self.cosine_p01:.4f} (1st percentile) < {thresholds.min_cosine}"
+        return None
+
+    def summary(self) -> str:
+        return (f"cosine to the reference: 1st percentile {self.cosine_p01:.4f}, mean {self.cosine_mean:.4f}, "
+                f"min {self.cosine_min:.4f} over {self.views} texts")
+
+
+def embedding_guard(reference: torch.Tensor, candidate: torch.Tensor, held_out: np.ndarray) -> EmbeddingGuard:
+    cosine = torch.nn.functional.cosine_similarity(reference.float(), candidate.float(), dim=1)
+    return EmbeddingGuard(len(cosine), float(torch.quantile(cosine, 0.01)), float(cosine.mean()), float(cosine.min()))
+
+
+# handlers/tasks.py names these
+GUARDS = {"classifier": guard, "text_classifier": text_classifier_guard, "embedding": embedding_guard}

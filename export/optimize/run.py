@@ -112,6 +112,10 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     settings = settings or Settings()
     clock = Clock(settings.budget_s, log)
     work = Path(work)
+    if is_transformer_archive(mar):
+        from export.optimize.text import optimize_transformer_archive
+
+        return optimize_transformer_archive(mar, calibration, export_path, work, settings, clock)
     source = Source.open(mar, work)
     task = task_of_handler_file(source.archiver["handler"])
     if task is None or task.guard is None:
@@ -235,6 +239,16 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
     clock.log(f"wrote {archive}")
     report.seconds = clock.elapsed()
     return Optimized(report, archive)
+
+
+def is_transformer_archive(mar: str | Path) -> bool:
+    import json
+    import zipfile
+
+    from handlers.loading import TRANSFORMER_FILE
+
+    with zipfile.ZipFile(mar) as zf:
+        return json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"].get("serializedFile") == TRANSFORMER_FILE
 
 
 def mixed_int8_row(candidate: Candidate, candidates: list[Candidate], artifacts: Artifacts, reference: torch.Tensor,

@@ -261,3 +261,34 @@ def test_the_search_stops_at_its_deadline_with_no_variant(outlier_mar, calibrati
                                 time.monotonic() + 300, logged.append, max_steps=1)
     assert outcome.passed and len(outcome.kept) == 1 and outcome.stopped == "passed"
     assert [s.kept for s in outcome.steps] == [1] and outcome.ranked == outcome.quantizers
+
+
+@pytest.mark.slow  # an ONNX export, an NNCF quantization and served measurements
+def test_a_transformer_archive_is_optimized_and_a_candidate_that_fails_the_guard_is_refused(tmp_path):
+    """sentence_embedder on a Hugging Face BERT folder (ONNX): held to a cosine no int8 model reaches, int8 is
+    refused and a floating-point engine chosen from served figures; the archive answers as the reference does."""
+    from export.archive import ArchiveSpec, build_archive
+    from export.zoo.text import load_split
+    from handlers.sentence_embedder import SentenceEmbedder
+    from tests.hf_models import build_folder
+    from tskit.testing import load_handler
+
+    folder = build_folder("bert", tmp_path)
+    source = build_archive(ArchiveSpec("emb", None, handler="sentence_embedder", model_dir=str(folder),
+                                       model_format="onnx", export_path=str(tmp_path / "store")))
+    calibration = tmp_path / "texts.txt"
+    calibration.write_text("\n".join(text.replace("\n", " ") for text, _ in load_split()[1][:45]))
+    result = subprocess.run(TSKIT + ["optimize", str(source), "--calibration", str(calibration), "--export-path",
+                                     str(tmp_path / "out"), "--seconds", "0.3", "--min-cosine", "0.99999",
+                                     "--only", "openvino-fp32,openvino-int8"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    built = manifest(tmp_path / "out" / "emb.mar")
+    rows = {c["name"]: c for c in built["optimization"]["candidates"]}
+    assert rows["openvino-int8"]["verdict"].startswith("refused: cosine") and rows["openvino-int8"]["guard"]
+    assert built["optimization"]["chosen"] in ("onnxruntime-fp32", "openvino-fp32")
+    assert rows[built["optimization"]["chosen"]]["served"], "the choice is made on served figures"
+    optimized = load_handler(SentenceEmbedder, unpack_archive(tmp_path / "out" / "emb.mar", tmp_path / "o"))
+    original = load_handler(SentenceEmbedder, unpack_archive(source, tmp_path / "s"))
+    texts = [{"body": b"see you at lunch"}, {"body": b"Call now to WIN a free prize!!"}]
+    ours = np.array([a for _, a in run_batch(optimized, texts)])
+    np.testing.assert_allclose(ours, np.array([a for _, a in run_batch(original, texts)]), atol=1e-4)
