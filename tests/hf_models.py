@@ -19,8 +19,9 @@ BPE_TEXTS = ["Call now to WIN a free prize!! Text STOP to 80082", "see you at lu
              "Your account 4921 was charged $49.99 - reply if this wasn't you", "hello world 😀 你好 مرحبا שלום"]
 
 
-def build_folder(architecture: str, out: str | Path) -> Path:
-    """Write the `architecture` folder under `out` (seeded: the same weights every time) and return it."""
+def build_folder(architecture: str, out: str | Path, positions: int = 64) -> Path:
+    """Write the `architecture` folder under `out` (seeded: the same weights every time) and return it; BERT
+    takes `positions` tokens."""
     import transformers
 
     out = Path(out) / architecture
@@ -42,7 +43,7 @@ def build_folder(architecture: str, out: str | Path) -> Path:
     else:
         tokenizer = transformers.AutoTokenizer.from_pretrained(MINILM)
         config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=positions,
                                          **names)
         model = transformers.BertForSequenceClassification(config)
     with torch.no_grad():  # random weights give near-uniform answers: spread them so top-k order means something

@@ -30,8 +30,9 @@ class HFSequenceClassifier(BaseHandler):
             text = data.get("data") or data.get("body")
             if isinstance(text, (bytes, bytearray)):
                 text = text.decode("utf-8")
-            inputs = self.tokenizer.encode_plus(text, max_length=MAX_LENGTH, padding="max_length",
-                                                add_special_tokens=True, truncation=True, return_tensors="pt")
+            # the example's encode_plus, which transformers 5 spells as a call
+            inputs = self.tokenizer(text, max_length=MAX_LENGTH, padding="max_length", add_special_tokens=True,
+                                    truncation=True, return_tensors="pt")
             input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
             if input_ids_batch is None:
                 input_ids_batch, attention_mask_batch = input_ids, attention_mask

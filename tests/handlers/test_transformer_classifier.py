@@ -142,3 +142,23 @@ def test_a_drift_reference_of_texts_is_built_and_new_kinds_of_text_drift(hf_fold
     shifted = dict(zip(handler.drift.names, handler.drift.last))
     assert {"tokens", "unknown_rate", "truncated", "top1_probability"} <= set(calm), calm
     assert calm["tokens"] < handler.drift.threshold < shifted["tokens"] and shifted["truncated"] > calm["truncated"]
+
+
+@pytest.mark.slow  # a transformers model padded to 150 tokens
+def test_the_stock_style_baseline_answers_the_top_label(tmp_path):
+    """`tskit bench`'s baseline for transformers (export/stock.py): the folder behind a handler written as
+    TorchServe's example writes it, padding every text to 150 tokens."""
+    import importlib.util
+
+    from export.stock import build_stock_transformer_archive
+
+    folder = build_folder("bert", tmp_path, positions=160)
+    mar = build_stock_transformer_archive(folder, tmp_path / "store", "bert_stock")
+    root = unpack_archive(mar, tmp_path / "unpacked")
+    spec = importlib.util.spec_from_file_location("hf_sequence_classifier", root / "hf_sequence_classifier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = load_handler(module.HFSequenceClassifier, root)
+    expected = reference_probabilities(folder, TEXTS[:2], 150)
+    results = run_batch(handler, [{"body": text.encode()} for text in TEXTS[:2]])
+    assert [answer for _, answer in results] == [max(want, key=want.get) for want in expected]
