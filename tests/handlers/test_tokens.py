@@ -32,3 +32,8 @@ def test_the_split_never_costs_more_than_one_padded_batch():
     groups = plan_groups(lengths, call_tokens=64)
     cost = sum(len(g) * max(lengths[i] for i in g) + 64 for g in groups)
     assert cost <= len(lengths) * max(lengths) + 64
+
+
+def test_a_batch_can_be_padded_to_a_multiple_of_tokens():
+    batch = pad([item(3), item(17)], pad_id=0, multiple=16)
+    assert batch.input_ids.shape == (2, 32) and batch.attention_mask.sum(dim=1).tolist() == [3, 17]
