@@ -80,9 +80,9 @@ def decode_base64(text: str) -> bytes:
 TEXT_KEYS = ("text", "data")
 
 
-def request_text(request: dict) -> str:
+def request_text(request: dict, max_chars: int | None = None) -> str:
     """The request's text: a raw body (bytes or str), a multipart field `data`/`text`, or JSON
-    {"text": ...} / {"data": ...}."""
+    {"text": ...} / {"data": ...}; with `max_chars`, a longer one is a 413 and an empty one a 400."""
     if isinstance(request, dict) and request.get("data") is None and request.get("body") is None \
             and request.get("text") is not None:
         value = request["text"]
@@ -97,4 +97,10 @@ def request_text(request: dict) -> str:
             raise BadInput(f"text is not valid UTF-8 (byte {err.start})", kind="InvalidEncoding") from None
     if not isinstance(value, str):
         raise BadInput(f"expected text, got JSON {type(value).__name__}: send a string or {{\"text\": \"...\"}}")
+    if max_chars is not None:
+        if len(value) > max_chars:
+            raise BadInput(f"text has {len(value)} characters; the limit is {max_chars}", status=413,
+                           kind="TextTooLong")
+        if not value.strip():
+            raise BadInput("empty text", kind="EmptyText")
     return value

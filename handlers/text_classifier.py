@@ -80,12 +80,7 @@ class TextClassifier(TskitHandler):
             raise ConfigError(f"the model has {classes} outputs but the vocabulary lists {len(self.labels)} labels")
 
     def decode(self, request: dict) -> torch.Tensor:
-        text = request_text(request)
-        if len(text) > self.config["max_chars"]:
-            raise BadInput(f"text has {len(text)} characters; the limit is {self.config['max_chars']}",
-                           status=413, kind="TextTooLong")
-        if not text.strip():
-            raise BadInput("empty text", kind="EmptyText")
+        text = request_text(request, self.config["max_chars"])
         ids = encode(text, self.vocab, self.pattern)
         if not ids:  # only possible with a pattern that skips some visible characters
             raise BadInput("the text has no tokens the model can read", kind="EmptyText")

@@ -19,7 +19,7 @@ import os
 import torch
 
 from handlers.base import TskitHandler
-from handlers.errors import BadInput, ConfigError
+from handlers.errors import ConfigError
 from handlers.loading import TRANSFORMER_FILE, read_transformer
 from handlers.metrics import record_truncated
 from handlers.payload import request_text
@@ -58,12 +58,7 @@ class TransformerHandler(TskitHandler):
                                        int(self.description["max_length"]), int(self.description["pad_id"]))
 
     def decode(self, request: dict):
-        text = request_text(request)
-        if len(text) > self.config["max_chars"]:
-            raise BadInput(f"text has {len(text)} characters; the limit is {self.config['max_chars']}",
-                           status=413, kind="TextTooLong")
-        if not text.strip():
-            raise BadInput("empty text", kind="EmptyText")
+        text = request_text(request, self.config["max_chars"])
         item = self.tokenizer.encode(text)
         if item.truncated:
             logger.info("a text of %d characters was cut to the model's %d tokens", len(text),

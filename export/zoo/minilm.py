@@ -21,7 +21,7 @@ import torch
 
 from export.archive import ArchiveSpec, build_archive
 from export.hugging_face import quiet_transformers
-from export.zoo.text import LABELS, golden_texts, load_split, training_texts
+from export.zoo.text import LABELS, golden_texts, length_buckets, load_split, training_texts
 
 EMBEDDER_NAME = "all_minilm_l6_v2"
 SPAM_NAME = "sms_spam_minilm"
@@ -63,7 +63,7 @@ def fine_tune_spam(out_dir: str | Path, rows: list[tuple[str, int]] | None = Non
     rng = random.Random(SEED)
     model.train()
     for _ in range(epochs):
-        for batch in length_sorted_batches([len(ids) for ids in encoded], rng):
+        for batch in length_buckets([len(ids) for ids in encoded], rng, BATCH):
             padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
             logits = model(**padded).logits
             loss = torch.nn.functional.cross_entropy(logits, ys[batch], weight=weight)
@@ -74,18 +74,6 @@ def fine_tune_spam(out_dir: str | Path, rows: list[tuple[str, int]] | None = Non
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-def length_sorted_batches(lengths: list[int], rng: random.Random) -> list[list[int]]:
-    """Shuffled mini-batches of similar lengths (little padding), in shuffled order."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), BATCH * 16):
-        chunk = sorted(order[start:start + BATCH * 16], key=lambda i: lengths[i])
-        batches += [chunk[j:j + BATCH] for j in range(0, len(chunk), BATCH)]
-    rng.shuffle(batches)
-    return batches
 
 
 def held_out_quality(folder: Path, rows: list[tuple[str, int]]) -> dict:

@@ -91,14 +91,14 @@ def encode_batch(texts: list[str], vocab: dict) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=PAD_ID)
 
 
-def length_buckets(lengths: list[int], rng: random.Random) -> list[list[int]]:
+def length_buckets(lengths: list[int], rng: random.Random, batch: int = BATCH) -> list[list[int]]:
     """Shuffled mini-batches of similar lengths: far less padding, so training takes seconds."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
     batches = []
-    for start in range(0, len(order), BATCH * 16):
-        chunk = sorted(order[start:start + BATCH * 16], key=lambda i: lengths[i])
-        batches += [chunk[j:j + BATCH] for j in range(0, len(chunk), BATCH)]
+    for start in range(0, len(order), batch * 16):
+        chunk = sorted(order[start:start + batch * 16], key=lambda i: lengths[i])
+        batches += [chunk[j:j + batch] for j in range(0, len(chunk), batch)]
     rng.shuffle(batches)
     return batches
 
