@@ -9,7 +9,7 @@ carry `fixed_dtype`, and the handler feeds them that dtype.
 
 A Hugging Face transformer's archive has `tskit-transformer.json` as its serialized file (`TRANSFORMER_FILE`): it
 names the format, the model file inside the archive's `transformer/` folder, the model's inputs and its
-tokenizer (handlers/transformer_classifier.py). Its eager format is the Hugging Face folder itself, loaded by
+tokenizer (handlers/transformer.py). Its eager format is the Hugging Face folder itself, loaded by
 `transformers`; the other formats need only their engine.
 """
 import importlib.util
@@ -30,8 +30,12 @@ logger = logging.getLogger(__name__)
 TRANSFORMER_FILE = "tskit-transformer.json"
 
 
+def is_transformer(serialized_file: str) -> bool:
+    return os.path.basename(serialized_file) == TRANSFORMER_FILE
+
+
 def read_transformer(path: str) -> dict:
-    """An archive's transformer description (written by export/transformers.py)."""
+    """An archive's transformer description (written by export/hugging_face.py)."""
     import json
 
     with open(path, encoding="utf-8") as f:
@@ -40,7 +44,7 @@ def read_transformer(path: str) -> dict:
 
 def detect_format(serialized_file: str, model_file: str | None) -> str:
     """Name the format of `serialized_file`; a model file beside it means an eager state_dict."""
-    if os.path.basename(serialized_file) == TRANSFORMER_FILE:
+    if is_transformer(serialized_file):
         return read_transformer(serialized_file)["format"]
     if model_file:
         return "eager"
@@ -161,24 +165,23 @@ def load_hugging_face(folder: str, description: dict, device: torch.device) -> H
                           "Python lacks: pip install transformers, or build the archive --format onnx, openvino "
                           "or torchscript, which need only `tokenizers`") from None
     auto = getattr(transformers, description["auto_class"])
-    model = auto.from_pretrained(folder, attn_implementation=description.get("attention", "sdpa"))
+    model = auto.from_pretrained(folder)
     return HuggingFaceModel(model, description["inputs"], description["output"], description.get("pooling"),
                             description.get("normalize", False)).to(device).eval()
 
 
 def load_transformer(path: str, device: torch.device, threads: int, precision: str):
-    """A transformer archive's model, in its format (`path`: its TRANSFORMER_FILE)."""
+    """A transformer archive's (model, format) (`path`: its TRANSFORMER_FILE)."""
     description = read_transformer(path)
-    root = os.path.dirname(path)
-    fmt, model_path = description["format"], os.path.join(root, description["model"])
+    fmt, model_path = description["format"], os.path.join(os.path.dirname(path), description["model"])
     if fmt == "eager":
-        return load_hugging_face(os.path.dirname(model_path), description, device)
+        return load_hugging_face(os.path.dirname(model_path), description, device), fmt
     if fmt == "torchscript":
-        return load_torchscript(model_path, device)
+        return load_torchscript(model_path, device), fmt
     if fmt == "onnx":
-        return OnnxModel(model_path, device, threads)
+        return OnnxModel(model_path, device, threads), fmt
     if fmt == "openvino":
-        return OpenVinoModel(model_path, threads, precision)
+        return OpenVinoModel(model_path, threads, precision), fmt
     raise ConfigError(f"{TRANSFORMER_FILE}: format {fmt!r} is not one a transformer is served in "
                       "(eager, torchscript, onnx, openvino)")
 
@@ -289,9 +292,9 @@ class AotiModel(CompiledModel):
 def load_model(serialized_file: str, model_file: str | None, device: torch.device,
                class_name: str | None = None, threads: int = 1, precision: str = "fp32"):
     """Returns (model, format). `precision` is the worker's resolved precision (OpenVINO's hint)."""
+    if is_transformer(serialized_file):
+        return load_transformer(serialized_file, device, threads, precision)
     fmt = detect_format(serialized_file, model_file)
-    if os.path.basename(serialized_file) == TRANSFORMER_FILE:
-        return load_transformer(serialized_file, device, threads, precision), fmt
     if fmt == "openvino":
         return OpenVinoModel(serialized_file, threads, precision), fmt
     if fmt == "eager":

@@ -7,11 +7,10 @@ archive's layout are handlers/transformer.py's.
 """
 import torch
 
-from handlers.transformer import TRANSFORMER_CONFIG, TransformerHandler
+from handlers.transformer import TransformerHandler
 
 
 class SentenceEmbedder(TransformerHandler):
-    config_defaults = dict(TRANSFORMER_CONFIG)
     task = "sentence_embedder"
 
     def respond(self, embeddings: torch.Tensor) -> list[list[float]]:

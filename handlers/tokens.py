@@ -1,5 +1,5 @@
 """Texts to token batches for the Hugging Face handlers: one `tokenizers` tokenizer (the archive's `tokenizer.json`,
-whatever the model's family: WordPiece, byte-level BPE, SentencePiece/Unigram), padding to the longest text of a
+whichever family wrote it), padding to the longest text of a
 batch and never to a fixed length, and length groups where one long text would make a batch of short ones pay
 for its padding.
 
@@ -73,12 +73,6 @@ class TextTokenizer:
         ids = list(encoding.ids)
         unknown = sum(i == self.unk_id for i in ids) if self.unk_id is not None else 0
         return TokenItem(ids, list(encoding.type_ids), bool(encoding.overflowing), unknown)
-
-    def words(self, text: str) -> list[tuple[str, tuple[int, int]]]:
-        """The text's tokens with their character offsets, special tokens left out (for explanations)."""
-        encoding = self.tokenizer.encode(text)
-        return [(token, offsets) for token, offsets, special in
-                zip(encoding.tokens, encoding.offsets, encoding.special_tokens_mask) if not special]
 
 
 def pad(items: list[TokenItem], pad_id: int, multiple: int = 1) -> TokenBatch:
