@@ -21,7 +21,6 @@ import json
 import re
 import warnings
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -86,10 +85,16 @@ def prepare_transformer(model_dir: str | Path, task: str, fmt: str, work: str | 
     write_model(wrapped, fmt, folder, example_inputs(tokenizer, names))
     serialized = out / TRANSFORMER_FILE
     serialized.write_text(json.dumps(description, indent=1))
-    requirements = out / "requirements.txt"
-    packages = ENGINE_PACKAGES.get(fmt, []) + ["tokenizers"]
-    requirements.write_text("".join(f"{p}=={metadata.version(p)}\n" for p in packages))
+    requirements = write_worker_requirements(fmt, out / "requirements.txt")
     return TransformerFiles(serialized, folder, requirements, description)
+
+
+def write_worker_requirements(fmt: str, path: Path) -> Path:
+    """What a worker serving a transformer in format `fmt` needs, pinned to this Python's versions."""
+    from handlers.requirements import pinned
+
+    path.write_text("".join(f"{line}\n" for line in pinned(ENGINE_PACKAGES.get(fmt, []) + ["tokenizers"])))
+    return path
 
 
 def sentence_transformers_config(model_dir: Path, folder: Path, longest: int) -> dict:
@@ -128,6 +133,8 @@ def sentence_transformers_config(model_dir: Path, folder: Path, longest: int) ->
 def transformer_spec(spec, work: Path):
     """`spec` (export.archive.ArchiveSpec) with its `model_dir` turned into the files the archive carries, the
     worker's packages added to the user's requirements."""
+    from packaging.requirements import Requirement
+
     from handlers.requirements import parse_requirements
 
     if spec.serialized_file or spec.model_file:
@@ -137,9 +144,9 @@ def transformer_spec(spec, work: Path):
     if spec.requirements:
         users = parse_requirements(Path(spec.requirements).read_text(), spec.requirements)
         ours = parse_requirements(files.requirements.read_text())
-        named = {line.split("=")[0].split("<")[0].split(">")[0] for line in users}
+        named = {Requirement(line).name for line in users}
         requirements = work / "requirements-all.txt"
-        requirements.write_text("".join(f"{r}\n" for r in users + [r for r in ours if r.split("==")[0] not in named]))
+        requirements.write_text("".join(f"{r}\n" for r in users + [r for r in ours if Requirement(r).name not in named]))
     return dataclasses.replace(spec, serialized_file=str(files.serialized_file), model_dir=None,
                                extra_files=[*spec.extra_files, str(files.folder)], requirements=str(requirements))
 

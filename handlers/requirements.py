@@ -38,6 +38,11 @@ def parse_requirements(text: str, source: str = "requirements") -> list[str]:
     return out
 
 
+def pinned(packages: list[str]) -> list[str]:
+    """`name==version` of each package as this Python has it (what an archive built here was checked with)."""
+    return [f"{name}=={metadata.version(name)}" for name in packages]
+
+
 def unmet(requirements: list[str]) -> list[str]:
     """One line per requirement this Python does not meet (markers that do not apply here are skipped)."""
     problems = []

@@ -68,11 +68,10 @@ def write_archive(source: Source, winner: Candidate, decoder: str, workers: int,
                   export_path: str | Path, version: str | None, work: Path) -> Path:
     """Build `{export_path}/{name}.mar` for `winner` behind `decoder`, served by `workers` workers (threads:
     the cores divided among them, as each worker computes at load)."""
-    from importlib import metadata
-
     from export.archive import ArchiveSpec, build_archive
     from export.golden import GoldenInput
     from handlers.drift import REFERENCE_NAME
+    from handlers.requirements import pinned
 
     root = source.root
     handler_config = dict(source.config.get("handler") or {})
@@ -88,7 +87,7 @@ def write_archive(source: Source, winner: Candidate, decoder: str, workers: int,
     # (the archive as built keeps its own requirements)
     packages = [] if winner.as_built else RUNTIME_PACKAGES.get(winner.engine, [])
     lines = list((source.manifest or {}).get("requirements", [])) if winner.as_built else []
-    lines += [f"{p}=={metadata.version(p)}" for p in packages + DECODER_PACKAGES.get(decoder, [])]
+    lines += pinned(packages + DECODER_PACKAGES.get(decoder, []))
     requirements = None
     if lines:
         requirements = work / "requirements.txt"

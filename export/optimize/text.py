@@ -167,7 +167,7 @@ def write_transformer_archive(source: Source, description: dict, candidate: Cand
     files with `workers` workers."""
     from export.archive import ArchiveSpec, build_archive
     from export.golden import GoldenInput
-    from export.hugging_face import ENGINE_PACKAGES
+    from export.hugging_face import write_worker_requirements
     from handlers.drift import REFERENCE_NAME
     from handlers.loading import TRANSFORMER_FILE
 
@@ -186,11 +186,7 @@ def write_transformer_archive(source: Source, description: dict, candidate: Cand
             shutil.copy(candidate.files[1], folder / "model.bin")
         written.update(format=fmt, model=f"{folder.name}/{target}")
     (stage / TRANSFORMER_FILE).write_text(json.dumps(written, indent=1))
-    from importlib import metadata
-
-    packages = ENGINE_PACKAGES.get(written["format"], []) + ["tokenizers"]
-    requirements = stage / "requirements.txt"
-    requirements.write_text("".join(f"{p}=={metadata.version(p)}\n" for p in packages))
+    requirements = write_worker_requirements(written["format"], stage / "requirements.txt")
     handler_config = dict(source.config.get("handler") or {})
     handler_config.pop("threads", None)  # the cores divided among the workers, as each worker computes at load
     if candidate.bf16_hint:
