@@ -18,6 +18,12 @@ CONFIG_NAME = "model-config.yaml"
 ARCHIVER_MANIFEST = "MAR-INF/MANIFEST.json"
 
 
+def archiver_model(mar: str | Path) -> dict:
+    """The `model` section torch-model-archiver wrote into the archive (name, version, handler, files)."""
+    with zipfile.ZipFile(mar) as zf:
+        return json.loads(zf.read(ARCHIVER_MANIFEST))["model"]
+
+
 def derive_archive(mar: str | Path, out: str | Path, frontend: dict | None = None, handler: dict | None = None,
                    version: str | None = None) -> Path:
     """Copy `mar` to `out` with top-level keys `frontend` and `handler:` keys `handler` overridden, and

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from export.variants import archiver_model
 from tskit.properties import model_settings
 
 SERVING_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
@@ -33,17 +34,14 @@ def loaded_archives(props: dict[str, str]) -> dict[str, Path]:
 
 
 def archive_model_name(mar: Path) -> str:
-    with zipfile.ZipFile(mar) as zf:
-        return json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]["modelName"]
+    return archiver_model(mar)["modelName"]
 
 
 def archive_takes_text(mar: Path) -> bool:
     """Whether the archive's handler is one of this library's text tasks (what an example request should send)."""
     from handlers.tasks import task_of_handler_file
 
-    with zipfile.ZipFile(mar) as zf:
-        handler = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"].get("handler", "")
-    task = task_of_handler_file(Path(handler).name)
+    task = task_of_handler_file(Path(archiver_model(mar).get("handler", "")).name)
     return task is not None and task.takes.startswith("text")
 
 

@@ -242,13 +242,10 @@ def optimize_archive(mar: str | Path, calibration: str | Path, export_path: str 
 
 
 def is_transformer_archive(mar: str | Path) -> bool:
-    import json
-    import zipfile
+    from export.variants import archiver_model
+    from handlers.loading import is_transformer
 
-    from handlers.loading import TRANSFORMER_FILE
-
-    with zipfile.ZipFile(mar) as zf:
-        return json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"].get("serializedFile") == TRANSFORMER_FILE
+    return is_transformer(archiver_model(mar).get("serializedFile", ""))
 
 
 def mixed_int8_row(candidate: Candidate, candidates: list[Candidate], artifacts: Artifacts, reference: torch.Tensor,
