@@ -81,13 +81,8 @@ def divergence(reference: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor
     return (log_ref.exp() * (log_ref - log_cand)).sum(dim=1)
 
 
-@dataclass
-class TextClassifierGuard:
-    views: int  # texts
-    confident_views: int
-    overall: float
-    confident: float
-    held_out_confident: float
+class TextClassifierGuard(GuardResult):
+    """The classifier's figures, judged on overall agreement instead of top-5 containment."""
 
     def refusal(self, thresholds: Thresholds) -> str | None:
         if self.confident < thresholds.min_confident:
@@ -102,9 +97,7 @@ class TextClassifierGuard:
 
 def text_classifier_guard(reference: torch.Tensor, candidate: torch.Tensor, held_out: np.ndarray) -> TextClassifierGuard:
     """Compare [N, labels] logits on the same texts (a softmax's or a sigmoid's top-1 is the logits' argmax)."""
-    result = guard(reference, candidate, held_out)
-    return TextClassifierGuard(result.views, result.confident_views, result.overall, result.confident,
-                               result.held_out_confident)
+    return TextClassifierGuard(**vars(guard(reference, candidate, held_out)))
 
 
 @dataclass
