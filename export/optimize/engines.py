@@ -3,7 +3,6 @@ import importlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 CALIBRATION_SUBSET = 300  # NNCF's own default: statistics on more views cost time and moved nothing here
@@ -63,14 +62,17 @@ def openvino_ir(source, example: torch.Tensor, mean: list[float], std: list[floa
     return path
 
 
-def quantize_int8(ir: Path, calibration: list[np.ndarray], path: Path) -> Path:
-    """NNCF post-training quantization of an IR, calibrated on `calibration` (model inputs, batch 1 each, at
-    most CALIBRATION_SUBSET of them); the IR's rt_info (the pixel normalisation) carries over."""
+def quantize_int8(ir: Path, calibration: list, path: Path, transformer: bool = False) -> Path:
+    """NNCF post-training quantization of an IR, calibrated on `calibration` (model inputs, batch 1 each: an array,
+    or {input name: array}; at most CALIBRATION_SUBSET of them), with NNCF's transformer preset for a
+    `transformer`; the IR's rt_info (the pixel normalisation) carries over."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(ir))
-    quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=min(len(calibration), CALIBRATION_SUBSET))
+    preset = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=min(len(calibration), CALIBRATION_SUBSET),
+                              **preset)
     ov.save_model(quantized, str(path), compress_to_fp16=False)
     return path
 

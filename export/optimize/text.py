@@ -119,22 +119,15 @@ class Engines:
 
     def int8(self) -> Path:
         if self._int8 is None:
-            import nncf
-            import openvino as ov
-
+            from export.optimize.engines import quantize_int8
             from handlers.tokens import pad
 
             start = time.monotonic()
             names = self.description["inputs"]
-            calibration = [pad([item], self.description["pad_id"]).inputs(names)
+            calibration = [{n: t.numpy() for n, t in zip(names, pad([item], self.description["pad_id"]).inputs(names))}
                            for item, held in zip(self.items, self.held_out) if not held]
-            dataset = nncf.Dataset(calibration, lambda tensors: {n: t.numpy() for n, t in zip(names, tensors)})
-            model = ov.Core().read_model(str(self.ir()))
-            quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER,
-                                      subset_size=min(300, len(calibration)))
-            self._int8 = self.work / "int8" / "model.xml"
-            self._int8.parent.mkdir(exist_ok=True)
-            ov.save_model(quantized, str(self._int8), compress_to_fp16=False)
+            (self.work / "int8").mkdir(exist_ok=True)
+            self._int8 = quantize_int8(self.ir(), calibration, self.work / "int8" / "model.xml", transformer=True)
             self.log(f"NNCF int8 (transformer preset) on {len(calibration)} texts: {time.monotonic() - start:.0f} s")
         return self._int8
 
