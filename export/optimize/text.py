@@ -18,6 +18,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -92,44 +93,42 @@ class Engines:
     def __init__(self, source: Source, description: dict, items: list, held_out: np.ndarray, work: Path, log):
         self.source, self.description, self.items, self.held_out, self.work, self.log = (
             source, description, items, held_out, work, log)
-        self._onnx = self._ir = self._int8 = None
 
+    @cached_property
     def onnx(self) -> Path:
-        if self._onnx is None:
-            fmt, model = self.description["format"], self.source.root / self.description["model"]
-            if fmt == "onnx":
-                self._onnx = model
-            elif fmt == "eager":
-                from export.hugging_face import export_folder_onnx
+        fmt, model = self.description["format"], self.source.root / self.description["model"]
+        if fmt == "onnx":
+            return model
+        if fmt != "eager":
+            raise ValueError(f"a {fmt} transformer archive cannot be optimized: build it --format onnx or eager")
+        from export.hugging_face import export_folder_onnx
 
-                self._onnx = export_folder_onnx(model.parent, self.description, self.work / "onnx")
-                self.log("exported the eager model to ONNX (dynamic batch and length)")
-            else:
-                raise ValueError(f"a {fmt} transformer archive cannot be optimized: build it --format onnx or eager")
-        return self._onnx
+        path = export_folder_onnx(model.parent, self.description, self.work / "onnx")
+        self.log("exported the eager model to ONNX (dynamic batch and length)")
+        return path
 
+    @cached_property
     def ir(self) -> Path:
-        if self._ir is None:
-            import openvino as ov
+        import openvino as ov
 
-            self._ir = self.work / "model.xml"
-            ov.save_model(ov.convert_model(str(self.onnx())), str(self._ir), compress_to_fp16=False)
-            self.log("converted to an OpenVINO IR")
-        return self._ir
+        path = self.work / "model.xml"
+        ov.save_model(ov.convert_model(str(self.onnx)), str(path), compress_to_fp16=False)
+        self.log("converted to an OpenVINO IR")
+        return path
 
+    @cached_property
     def int8(self) -> Path:
-        if self._int8 is None:
-            from export.optimize.engines import quantize_int8
-            from handlers.tokens import pad
+        from export.optimize.engines import quantize_int8
+        from handlers.tokens import pad
 
-            start = time.monotonic()
-            names = self.description["inputs"]
-            calibration = [{n: t.numpy() for n, t in zip(names, pad([item], self.description["pad_id"]).inputs(names))}
-                           for item, held in zip(self.items, self.held_out) if not held]
-            (self.work / "int8").mkdir(exist_ok=True)
-            self._int8 = quantize_int8(self.ir(), calibration, self.work / "int8" / "model.xml", transformer=True)
-            self.log(f"NNCF int8 (transformer preset) on {len(calibration)} texts: {time.monotonic() - start:.0f} s")
-        return self._int8
+        start = time.monotonic()
+        names = self.description["inputs"]
+        calibration = [{n: t.numpy() for n, t in zip(names, pad([item], self.description["pad_id"]).inputs(names))}
+                       for item, held in zip(self.items, self.held_out) if not held]
+        (self.work / "int8").mkdir(exist_ok=True)
+        path = quantize_int8(self.ir, calibration, self.work / "int8" / "model.xml", transformer=True)
+        self.log(f"NNCF int8 (transformer preset) on {len(calibration)} texts: {time.monotonic() - start:.0f} s")
+        return path
 
 
 def run_model(handler, model, items: list) -> torch.Tensor:
@@ -147,9 +146,9 @@ def candidate_model(candidate: Candidate, engines: Engines, threads: int):
     from handlers.loading import OnnxModel, OpenVinoModel
 
     if candidate.engine == "onnxruntime":
-        candidate.files = [str(engines.onnx())]
+        candidate.files = [str(engines.onnx)]
         return OnnxModel(candidate.files[0], torch.device("cpu"), threads)
-    ir = engines.int8() if candidate.quantize == "plain" else engines.ir()
+    ir = engines.int8 if candidate.quantize == "plain" else engines.ir
     candidate.files = [str(ir), str(ir.with_suffix(".bin"))]
     return OpenVinoModel(str(ir), threads, "bf16" if candidate.bf16_hint else "fp32")
 

@@ -292,3 +292,32 @@ def test_a_transformer_archive_is_optimized_and_a_candidate_that_fails_the_guard
     texts = [{"body": b"see you at lunch"}, {"body": b"Call now to WIN a free prize!!"}]
     ours = np.array([a for _, a in run_batch(optimized, texts)])
     np.testing.assert_allclose(ours, np.array([a for _, a in run_batch(original, texts)]), atol=1e-4)
+
+
+@pytest.mark.slow  # an ONNX export and served measurements
+def test_an_eager_transformer_archive_is_exported_to_onnx_and_answers_the_same(tmp_path):
+    """transformer_classifier built --format eager (a multi-label DistilBERT): optimize exports the Hugging Face
+    folder to ONNX itself; the ONNX Runtime archive it writes answers as the eager one does."""
+    from export.archive import ArchiveSpec, build_archive
+    from export.zoo.text import load_split
+    from handlers.transformer_classifier import TransformerClassifier
+    from tests.hf_models import build_folder
+    from tskit.testing import load_handler
+
+    folder = build_folder("distilbert", tmp_path)
+    source = build_archive(ArchiveSpec("dist", None, handler="transformer_classifier", model_dir=str(folder),
+                                       model_format="eager", export_path=str(tmp_path / "store")))
+    calibration = tmp_path / "texts.txt"
+    calibration.write_text("\n".join(text.replace("\n", " ") for text, _ in load_split()[1][:45]))
+    result = subprocess.run(TSKIT + ["optimize", str(source), "--calibration", str(calibration), "--export-path",
+                                     str(tmp_path / "out"), "--seconds", "0.3", "--only", "onnxruntime-fp32"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "exported the eager model to ONNX" in result.stdout
+    built = manifest(tmp_path / "out" / "dist.mar")
+    assert built["optimization"]["chosen"] == "onnxruntime-fp32" and built["model"]["format"] == "onnx"
+    texts = [{"body": b"see you at lunch"}, {"body": b"Call now to WIN a free prize!!"}]
+    optimized = load_handler(TransformerClassifier, unpack_archive(tmp_path / "out" / "dist.mar", tmp_path / "o"))
+    original = load_handler(TransformerClassifier, unpack_archive(source, tmp_path / "s"))
+    for (_, ours), (_, theirs) in zip(run_batch(optimized, texts), run_batch(original, texts)):
+        assert list(ours) == list(theirs) and all(abs(ours[k] - theirs[k]) <= 1e-4 for k in ours)
