@@ -31,7 +31,9 @@ from handlers.loading import TRANSFORMER_FILE, HuggingFaceModel
 FOLDER = "transformer"
 # task: (the transformers class that loads its folder, the output the handler reads)
 TASK_MODELS = {"transformer_classifier": ("AutoModelForSequenceClassification", "logits"),
-               "sentence_embedder": ("AutoModel", "last_hidden_state")}
+               "sentence_embedder": ("AutoModel", "last_hidden_state"),
+               "token_classifier": ("AutoModelForTokenClassification", "logits")}
+PER_TOKEN_TASKS = ("token_classifier",)  # an output row per token: the exported graph's sequence axis is dynamic
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 ENGINE_PACKAGES = {"eager": ["transformers"], "onnx": ["onnxruntime"], "openvino": ["openvino"]}
 MODEL_FILES = {"eager": "model.safetensors", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
@@ -71,6 +73,7 @@ def prepare_transformer(model_dir: str | Path, task: str, fmt: str, work: str | 
         "max_length": max_length(tokenizer, model),
         "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         "architecture": type(model).__name__,
+        "per_token": task in PER_TOKEN_TASKS,
     }
     if task == "sentence_embedder":
         description.update(sentence_transformers_config(Path(model_dir), folder, description["max_length"]))
@@ -82,7 +85,7 @@ def prepare_transformer(model_dir: str | Path, task: str, fmt: str, work: str | 
     wrapped = HuggingFaceModel(model, names, description["output"], description.get("pooling"),
                                description.get("normalize", False)).eval()
     check_longest_input(wrapped, description)
-    write_model(wrapped, fmt, folder, example_inputs(tokenizer, names))
+    write_model(wrapped, fmt, folder, example_inputs(tokenizer, names), description["per_token"])
     serialized = out / TRANSFORMER_FILE
     serialized.write_text(json.dumps(description, indent=1))
     requirements = write_worker_requirements(fmt, out / "requirements.txt")
@@ -241,10 +244,12 @@ def export_folder_onnx(folder: Path, description: dict, out: Path) -> Path:
     wrapped = HuggingFaceModel(model, description["inputs"], description["output"], description.get("pooling"),
                                description.get("normalize", False)).eval()
     out.mkdir(parents=True, exist_ok=True)
-    return write_model(wrapped, "onnx", out, example_inputs(tokenizer, description["inputs"]))
+    return write_model(wrapped, "onnx", out, example_inputs(tokenizer, description["inputs"]),
+                       description.get("per_token", False))
 
 
-def write_model(model: HuggingFaceModel, fmt: str, folder: Path, example: tuple[torch.Tensor, ...]) -> Path:
+def write_model(model: HuggingFaceModel, fmt: str, folder: Path, example: tuple[torch.Tensor, ...],
+                per_token: bool = False) -> Path:
     path = folder / MODEL_FILES[fmt]
     names = model.input_names
     with warnings.catch_warnings(), torch.no_grad():
@@ -256,8 +261,9 @@ def write_model(model: HuggingFaceModel, fmt: str, folder: Path, example: tuple[
         else:
             onnx = path if fmt == "onnx" else folder.parent / "model.onnx"
             axes = {n: {0: "batch", 1: "sequence"} for n in names}
+            axes[model.output] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
             torch.onnx.export(model, example, str(onnx), dynamo=False, input_names=names,
-                              output_names=[model.output], dynamic_axes={**axes, model.output: {0: "batch"}},
+                              output_names=[model.output], dynamic_axes=axes,
                               opset_version=17)
             if fmt == "openvino":
                 import openvino as ov

@@ -53,6 +53,9 @@ TASKS = {task.name: task for task in (
          guard="text_classifier"),
     Task("sentence_embedder", "sentence_embedder", "SentenceEmbedder",
          "text (a Hugging Face or sentence-transformers folder: --model-dir)", stand_in=True, guard="embedding"),
+    Task("token_classifier", "token_classifier", "TokenClassifier", "text (a Hugging Face model folder: --model-dir)",
+         Scaffold({"ignore_labels": ["O"], "max_chars": 10000}, 'b"\\xff\\xfe not UTF-8"', 400, "list"),
+         stand_in=True, guard="entities"),
 )}
 BASE = Task("base", "base", "TskitHandler", "what your decode reads",
             Scaffold({"width": 30}, '"not a list"', 400, "list"), stand_in=True)

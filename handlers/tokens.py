@@ -6,7 +6,7 @@ for its padding.
 The worker needs `tokenizers` alone (no `transformers`): `tskit build` writes `tokenizer.json` from the user's
 folder, so a tokenizer given only as vocab.txt, merges or a SentencePiece model is converted once, at build time.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,11 +19,17 @@ GROUP_CALL_TOKENS = 64
 
 @dataclass
 class TokenItem:
-    """One text, tokenized: ids with the special tokens, their type ids, and whether the text was cut."""
+    """One text, tokenized: ids with the special tokens, their type ids, and whether the text was cut; with each
+    token's character span in the text, its word and whether it is a special token, for answers and explanations
+    about parts of the text (entities, attributions per word)."""
     ids: list[int]
     type_ids: list[int]
     truncated: bool
     unknown: int  # how many tokens are the unknown token
+    text: str = ""
+    offsets: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in `text` per token
+    words: list[int | None] = field(default_factory=list)  # the word each token belongs to; None: special
+    special: list[int] = field(default_factory=list)  # 1 for a special token ([CLS], <s>...)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,7 +78,9 @@ class TextTokenizer:
         encoding = self.tokenizer.encode(text)
         ids = list(encoding.ids)
         unknown = sum(i == self.unk_id for i in ids) if self.unk_id is not None else 0
-        return TokenItem(ids, list(encoding.type_ids), bool(encoding.overflowing), unknown)
+        return TokenItem(ids, list(encoding.type_ids), bool(encoding.overflowing), unknown, text,
+                         [tuple(o) for o in encoding.offsets], list(encoding.word_ids),
+                         list(encoding.special_tokens_mask))
 
 
 def pad(items: list[TokenItem], pad_id: int, multiple: int = 1) -> TokenBatch:

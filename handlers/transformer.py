@@ -70,7 +70,11 @@ class TransformerHandler(TskitHandler):
         return pad(items, self.tokenizer.pad_id, self.pad_multiple)
 
     def forward(self, batch: TokenBatch, *args, **kwargs) -> torch.Tensor:
-        """The model on each length group of the batch, its outputs put back in the batch's order."""
+        return torch.stack(self.rows(batch))
+
+    def rows(self, batch: TokenBatch) -> list[torch.Tensor]:
+        """The model on each length group of the batch: its output row per text in the batch's order (a per-token
+        output cut to the text's own tokens)."""
         lengths = [len(item) for item in batch.items]
         groups = (plan_groups(lengths, self.config["group_call_tokens"]) if self.config["length_groups"]
                   else [list(range(len(lengths)))])
@@ -81,8 +85,8 @@ class TransformerHandler(TskitHandler):
                         pad([batch.items[i] for i in group], self.tokenizer.pad_id, self.pad_multiple))
                 result = self.model(*(self.to_device(t) for t in part.inputs(self.input_names)))
                 for i, row in zip(group, result.float()):
-                    outputs[i] = row
-        return torch.stack(outputs)
+                    outputs[i] = row[:lengths[i]] if row.dim() > 1 else row
+        return outputs
 
     def drift_features(self, batch: TokenBatch) -> tuple[list[str], torch.Tensor]:
         """Tokens per text, the share of them the tokenizer did not know, and whether the text was cut."""

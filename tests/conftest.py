@@ -14,7 +14,7 @@ from tskit.testing import load_handler, unpack_archive
 # fixtures that train, export to every format or optimize an archive: a test that needs one is not a unit test
 COSTLY_FIXTURES = {"format_archives", "optimized", "detector_mar", "detector_dir", "segmenter_mar", "user_archives",
                    "outlier_mar", "text_mar", "text_model_dir", "tabular_mar", "model_dir", "signed_mar",
-                   "hf_folders", "transformer_archive", "embedder_archive"}
+                   "hf_folders", "transformer_archive", "embedder_archive", "token_folders", "token_archive"}
 
 
 def pytest_collection_modifyitems(items):

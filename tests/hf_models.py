@@ -85,3 +85,34 @@ def reference_probabilities(folder: Path, texts: list[str], max_length: int) -> 
         probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=0)
         answers.append({model.config.id2label[i]: float(p) for i, p in enumerate(probs)})
     return answers
+
+
+ENTITY_LABELS = ["O", "B-PHONE", "I-PHONE", "B-MONEY", "I-MONEY", "B-URL", "I-URL"]
+
+
+def build_token_folder(architecture: str, out: str | Path) -> Path:
+    """The `architecture` folder with a token-classification head over ENTITY_LABELS instead (random, seeded, its
+    weights spread like build_folder's), under `out`/`architecture`-tokens."""
+    import transformers
+
+    folder = build_folder(architecture, Path(out) / "sequence")
+    torch.manual_seed(1)
+    transformers.utils.logging.set_verbosity_error()  # the head is replaced on purpose: no load report
+    model = transformers.AutoModelForTokenClassification.from_pretrained(
+        folder, id2label=dict(enumerate(ENTITY_LABELS)), label2id={n: i for i, n in enumerate(ENTITY_LABELS)},
+        problem_type=None, ignore_mismatched_sizes=True)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+    target = Path(out) / f"{architecture}-tokens"
+    model.save_pretrained(target)
+    transformers.AutoTokenizer.from_pretrained(folder).save_pretrained(target)
+    return target
+
+
+def reference_entities(folder: Path, texts: list[str]) -> list[list[dict]]:
+    """What `transformers`' token-classification pipeline answers for each text (aggregation "simple")."""
+    import transformers
+
+    pipe = transformers.pipeline("token-classification", model=str(folder), aggregation_strategy="simple",
+                                 device="cpu")
+    return [[{**e, "score": float(e["score"])} for e in pipe(text)] for text in texts]

@@ -57,7 +57,7 @@ def stand_in_files(task: str, work_dir: str | Path) -> StandIn:
         labels.write_text(json.dumps({str(i): name for i, name in enumerate(names)}))
         config = {"min_size": 128, "max_size": 256, "score_threshold": 0.05} if task == "object_detector" else {}
         return StandIn(_weights(cls(), work / "stand_in.pt"), str(model_file), str(labels), handler_config=config)
-    if task in ("transformer_classifier", "sentence_embedder"):  # AutoModel reads the classifier's encoder
+    if task in ("transformer_classifier", "sentence_embedder", "token_classifier"):  # each reads what it needs
         return StandIn(None, None, model_dir=str(tiny_bert_folder(work / "hf")))
     if task == "text_classifier":
         model_file = ZOO / "text_cnn.py"
@@ -82,7 +82,7 @@ def stand_in_request(task: str) -> dict:
         buf = io.BytesIO()
         Image.linear_gradient("L").convert("RGB").resize((320, 240)).save(buf, format="PNG")
         return {"body": buf.getvalue()}
-    if task in ("text_classifier", "transformer_classifier", "sentence_embedder"):
+    if task in ("text_classifier", "transformer_classifier", "sentence_embedder", "token_classifier"):
         return {"body": "Call now to win a free prize".encode()}
     return {"body": [round(0.1 * i, 1) for i in range(ROW_FEATURES)]}
 

@@ -11,7 +11,9 @@ faithful candidate may pick the other one.
 The text classifier's (transformer_classifier): top-1 agreement at least `min_confident` where the reference is
 confident and at least `min_overall` on every text (a text has few labels, so top-5 says nothing). The
 embedder's (sentence_embedder): the cosine between the candidate's and the reference's vector at least
-`min_cosine` for 99% of the texts (its first percentile).
+`min_cosine` for 99% of the texts (its first percentile). The token classifier's (token_classifier): the
+candidate's entities (type and span, grouped as the handler answers them) against the reference's, as an F1 over
+all texts, at least `min_entities`; the share of tokens whose label agrees is reported beside it.
 """
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ class Thresholds:
     min_top5: float = 0.99
     min_overall: float = 0.98  # text classifiers
     min_cosine: float = 0.99  # embedders
+    min_entities: float = 0.98  # token classifiers: entity F1 against the reference
 
 
 @dataclass
@@ -122,5 +125,42 @@ def embedding_guard(reference: torch.Tensor, candidate: torch.Tensor, held_out: 
     return EmbeddingGuard(len(cosine), float(torch.quantile(cosine, 0.01)), float(cosine.mean()), float(cosine.min()))
 
 
+@dataclass
+class EntityGuard:
+    views: int  # texts
+    entities: int  # the reference's entities
+    f1: float  # the candidate's entities against the reference's (type and token span equal)
+    token_agreement: float  # tokens whose most probable label is the reference's
+
+    def refusal(self, thresholds: Thresholds) -> str | None:
+        if self.f1 < thresholds.min_entities:
+            return f"entity agreement (F1) {self.f1:.1%} < {thresholds.min_entities:.1%}"
+        return None
+
+    def summary(self) -> str:
+        return (f"entity agreement (F1) {self.f1:.1%} on the reference's {self.entities} entities, token labels "
+                f"{self.token_agreement:.1%}, {self.views} texts")
+
+
+def entity_guard(reference: list, candidate: list, held_out: np.ndarray, labels: list[str],
+                 ignore: tuple[str, ...] = ("O",)) -> EntityGuard:
+    """Compare per-text [tokens, labels] logits (handlers/token_classifier.py's TokenLogits) on the same texts."""
+    from handlers.entities import token_spans
+
+    def spans(logits: torch.Tensor, special: list[int]) -> set:
+        runs = token_spans([labels[i] for i in logits.argmax(-1).tolist()], special)
+        return {(kind, indices[0], indices[-1]) for kind, indices in runs if kind not in ignore}
+
+    both = found = expected = agree = tokens = 0
+    for ref, cand, item in zip(reference, candidate, reference.items):
+        ours, theirs = spans(cand, item.special), spans(ref, item.special)
+        both, found, expected = both + len(ours & theirs), found + len(ours), expected + len(theirs)
+        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        tokens += len(ref)
+    f1 = 1.0 if found + expected == 0 else 2 * both / (found + expected)
+    return EntityGuard(len(reference), expected, f1, agree / max(tokens, 1))
+
+
 # handlers/tasks.py names these
-GUARDS = {"classifier": guard, "text_classifier": text_classifier_guard, "embedding": embedding_guard}
+GUARDS = {"classifier": guard, "text_classifier": text_classifier_guard, "embedding": embedding_guard,
+          "entities": entity_guard}

@@ -1,4 +1,5 @@
-"""`tskit optimize` for the Hugging Face archives (transformer_classifier, sentence_embedder), step by step:
+"""`tskit optimize` for the Hugging Face archives (transformer_classifier, token_classifier, sentence_embedder), step
+by step:
 
 1. texts: `--calibration` is a text file (one text per line) or a folder of them (one text per file); every third
    is held out of int8 calibration; the archive's own handler tokenizes them as it will serve them;
@@ -14,6 +15,7 @@
 5. the archive: the winner's files in the source's layout, its split in model-config.yaml, the report in the
    manifest.
 """
+import functools
 import json
 import shutil
 import time
@@ -29,6 +31,7 @@ from export.optimize.engines import missing_packages, native_bf16
 from export.optimize.guard import GUARDS, Thresholds
 from export.optimize.output import Source
 from export.optimize.speed import choose_split, measure, served_job, split_name, worker_splits
+from handlers.entities import TokenLogits
 
 MIN_TEXTS = 30
 MODEL_NAMES = ("model.onnx", "model.xml", "model.bin", "model.safetensors", "model.torchscript.pt")
@@ -139,6 +142,8 @@ def run_model(handler, model, items: list) -> torch.Tensor:
                    for i in range(0, len(items), handler.batch_size)]
     finally:
         handler.model = served
+    if isinstance(outputs[0], TokenLogits):  # per-token rows of different lengths
+        return TokenLogits.join(outputs)
     return torch.cat(outputs)
 
 
@@ -220,6 +225,8 @@ def optimize_transformer_archive(mar: str | Path, calibration: str | Path, expor
     handler_class = getattr(importlib.import_module(f"handlers.{task.module}"), task.class_name)
     handler = load_handler(handler_class, source.root, batch_size=batch_size,
                            yaml_overrides={"handler": {"precision": "fp32", "threads": cores, "warmup": False}})
+    if task.guard == "entities":  # entities are grouped from the labels' names, as the handler answers them
+        guard = functools.partial(guard, labels=handler.labels, ignore=tuple(handler.config["ignore_labels"]))
     items = [handler.decode({"body": text.encode("utf-8")}) for text in texts]
     reference = run_model(handler, handler.model, items)
     clock.log(f"{len(texts)} texts ({int(held_out.sum())} held out of calibration); reference answers computed")

@@ -18,8 +18,9 @@ from tskit.commands import SERVER, arg, command
          arg("--serialized-file", check=existing_file,
              help="state_dict (.pt/.pth), TorchScript, ONNX, OpenVINO (.xml) or .pt2 file"),
          arg("--model-dir", check=hugging_face_folder,
-             help="instead of --serialized-file, for transformer_classifier and sentence_embedder: your Hugging Face "
-                  "folder (config.json, weights, tokenizer; a sentence-transformers folder's pooling is kept)"),
+             help="instead of --serialized-file, for transformer_classifier, token_classifier and sentence_embedder: "
+                  "your Hugging Face folder (config.json, weights, tokenizer; a sentence-transformers folder's "
+                  "pooling is kept)"),
          arg("--format", default="eager", choices=TRANSFORMER_FORMATS,
              help="with --model-dir: the format the transformer is served in (eager needs transformers in the "
                   "worker; the others only tokenizers and their engine)"),

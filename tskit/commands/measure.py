@@ -13,7 +13,7 @@ from tskit.commands.archives import sign_if_asked
 @command("optimize", "measure engines and precisions on this machine against the accuracy guard; write the "
                      "fastest that passes as an archive of the same model",
          arg("archive", check=existing_archive,
-             help="an image_classifier, transformer_classifier or sentence_embedder archive"),
+             help="an image_classifier, transformer_classifier, token_classifier or sentence_embedder archive"),
          arg("--calibration", required=True,
              help="inputs like the ones it will serve: for an image classifier a folder of photos (a handful is "
                   "enough: views are made from them, some held out); for a transformer a text file (one text per "
@@ -27,6 +27,8 @@ from tskit.commands.archives import sign_if_asked
              help="text classifiers: top-1 agreement with the fp32 reference on every text"),
          arg("--min-cosine", type=fraction, default=0.99,
              help="embedders: cosine to the fp32 reference's vector, for 99%% of the texts"),
+         arg("--min-entities", type=fraction, default=0.98,
+             help="token classifiers: entity agreement (F1 of types and spans) with the fp32 reference"),
          arg("--views", type=positive(int), default=600, help="views made from the photos (at least 500)"),
          arg("--cores", type=int, default=0, help="cores to divide among workers (default: usable cores)"),
          arg("--seconds", type=positive(float), default=2.0, help="seconds per speed measurement"),
@@ -48,7 +50,8 @@ def optimize(args) -> int:
 
     # OpenVINO 2026.4's torch frontend probes a torch._dynamo setting that torch 2.14 deprecated: noise, not news
     warnings.filterwarnings("ignore", message="torch._dynamo.config.inline_inbuilt_nn_modules", category=FutureWarning)
-    settings = Settings(Thresholds(args.min_agreement, args.min_top5, args.min_overall, args.min_cosine), args.views, args.cores, args.seconds,
+    settings = Settings(Thresholds(args.min_agreement, args.min_top5, args.min_overall, args.min_cosine,
+                                   args.min_entities), args.views, args.cores, args.seconds,
                         args.budget, args.version, args.only)
     with tempfile.TemporaryDirectory(prefix="tskit-optimize-") as tmp:
         result = optimize_archive(args.archive, args.calibration, args.export_path, Path(tmp), settings,
