@@ -12,11 +12,12 @@ DEFAULT_MAR := model_store/efficientnet_lite0.mar
 TEXT_NAMES := all_minilm_l6_v2 sms_spam_minilm
 TEXT_FP32 := $(TEXT_NAMES:%=$(BUILD)/%.mar)
 TEXT_MARS := $(TEXT_NAMES:%=model_store/%.mar)
+ENTITIES := sms_entities_minilm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y -q --no-install-recommends wrk prometheus >/dev/null
 SOURCES := $(wildcard handlers/*.py export/*.py export/zoo/*.py) config/efficientnet_lite0.yaml
 
-.PHONY: install tools archives samples serve stop status test unit clean
+.PHONY: install tools archives entities samples serve stop status test unit clean
 
 $(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,16 @@ $(TEXT_MARS): model_store/%.mar: $(BUILD)/%.mar
 	$(BIN)/tskit optimize $< --calibration $(BUILD)/texts/calibration.txt --export-path model_store
 
 archives: $(DEFAULT_MAR) $(TEXT_MARS)
+
+# a token classifier (phone numbers, amounts, web addresses in SMS) fine-tuned from MiniLM, optimized like the
+# others; not in `archives`: `make entities`, then serve it beside them (docs/handlers.md)
+$(BUILD)/$(ENTITIES).mar: $(STAMP) $(SOURCES)
+	$(BIN)/python -m export.zoo.sms_entities --export-path $(BUILD)
+
+model_store/$(ENTITIES).mar: $(BUILD)/$(ENTITIES).mar $(TEXT_FP32)
+	$(BIN)/tskit optimize $< --calibration $(BUILD)/texts/calibration.txt --export-path model_store
+
+entities: model_store/$(ENTITIES).mar
 
 samples: $(STAMP)
 	@$(BIN)/tskit samples --out samples >/dev/null
