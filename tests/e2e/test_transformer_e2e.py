@@ -1,7 +1,8 @@
 """A user's Hugging Face folder (RoBERTa with a byte-level BPE tokenizer, tests/hf_models.py) built by `tskit build
 --handler transformer_classifier --model-dir --format onnx` with golden texts, served by a real TorchServe whose
 Python has neither this project nor `transformers`: answers over HTTP equal what `transformers` computes, texts of
-every length batched together, a long one cut and counted, bad bodies a JSON 4xx, and `tskit verify` live."""
+every length batched together, a long one cut and counted, bad bodies a JSON 4xx, and `tskit verify` live; and a
+token classifier (BERT, OpenVINO) beside it whose entities equal the `transformers` pipeline's."""
 import concurrent.futures
 import subprocess
 
@@ -9,11 +10,12 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import REPO, TSKIT, stock_venv
-from tests.hf_models import build_folder, reference_probabilities
+from tests.hf_models import build_folder, build_token_folder, reference_entities, reference_probabilities
 from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
 
 MODEL = "sms_roberta"
+TOKEN_MODEL = "entities_bert"
 FRONTEND = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 20, "responseTimeout": 120}
 TEXTS = ["Call now to WIN a free prize!!", "ok", "see you at lunch tomorrow, ok?", "emoji 😀🎉 你好世界 مرحبا שלום",
          "Your account 4921 was charged $49.99 - reply if this wasn't you", "word " * 300,
@@ -44,10 +46,25 @@ def built(folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(built, tmp_path_factory):
+def token_folder(tmp_path_factory):
+    return build_token_folder("bert", tmp_path_factory.mktemp("hf-tokens-e2e"))
+
+
+@pytest.fixture(scope="module")
+def token_built(token_folder, built):
+    """A token classifier in OpenVINO, beside the classifier in the same model store."""
+    result = subprocess.run(TSKIT + ["build", TOKEN_MODEL, "--handler", "token_classifier", "--model-dir",
+                                     str(token_folder), "--format", "openvino", "--export-path", str(built.parent)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return built.parent / f"{TOKEN_MODEL}.mar"
+
+
+@pytest.fixture(scope="module")
+def server(built, token_built, tmp_path_factory):
     python = stock_venv(tmp_path_factory.mktemp("no-transformers-venv"), blocked=("transformers",))
     ts = TorchServeProcess(tmp_path_factory.mktemp("ts-transformer"), REPO / "config.properties", built.parent,
-                           python=python, overrides=serve_overrides({MODEL: FRONTEND}))
+                           python=python, overrides=serve_overrides({MODEL: FRONTEND, TOKEN_MODEL: FRONTEND}))
     with ts:
         yield ts
 
@@ -64,6 +81,22 @@ def test_answers_over_http_equal_transformers_whatever_the_batch(server, folder)
         assert list(answer) == sorted(want, key=want.get, reverse=True)[:2]
         assert all(abs(p - want[label]) <= 1e-3 for label, p in answer.items()), (text[:30], answer, want)
     assert "loaded onnx model" in server.log()  # in a Python without transformers
+
+
+def test_entities_over_http_equal_the_pipelines_whatever_the_batch(server, token_folder):
+    texts = TEXTS[:5] + ["Call 07781 482 910 now to WIN £1000 cash, see www.prize-now.com"]
+    expected = reference_entities(token_folder, texts)
+    c = server.client
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda t: c.predict(TOKEN_MODEL, t.encode()), texts * 2))
+    for text, response in zip(texts * 2, responses):
+        assert response.status_code == 200, response.text
+        want = expected[texts.index(text)]
+        got = response.json()
+        assert [(e["entity_group"], e["start"], e["end"]) for e in got] == \
+            [(e["entity_group"], e["start"], e["end"]) for e in want], text
+        assert all(abs(a["score"] - b["score"]) <= 1e-3 and a["word"] == text[a["start"]:a["end"]]
+                   for a, b in zip(got, want))
 
 
 def test_a_cut_text_is_counted(server):
