@@ -74,9 +74,10 @@ CONFIGS = {
     "text_classifier": {},
     "transformer_classifier": {},
     "sentence_embedder": {},
+    "token_classifier": {},
 }
 IMAGE_TASKS = ("image_classifier", "image_segmenter", "object_detector")
-TEXT_TASKS = ("text_classifier", "transformer_classifier", "sentence_embedder")
+TEXT_TASKS = ("text_classifier", "transformer_classifier", "sentence_embedder", "token_classifier")
 VARIANTS = {task: (task, CONFIGS[task]) for task in handlers.TASKS}
 if jpeg.available():  # the classifier's libjpeg-turbo path decodes JPEGs itself
     VARIANTS["image_classifier[turbojpeg]"] = ("image_classifier", {**CONFIGS["image_classifier"],
