@@ -1,8 +1,10 @@
-"""TorchServe's worker processes: their PIDs (from the management API, checked against /proc) and memory.
+"""TorchServe's processes: the workers' PIDs (from the management API, checked against /proc), the frontend's, and
+their memory.
 
 The Java frontend starts one `model_service_worker.py` Python process per worker; `describe` reports each
 worker's id, status and PID. Linux only (/proc).
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 from tskit.client import TorchServeClient
@@ -32,4 +34,63 @@ def rss_mb(pid: int) -> float | None:
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
+    return None
+
+
+@dataclass
+class Memory:
+    """A process's memory in MiB, from /proc/PID/smaps_rollup: resident (RSS), its proportional share of pages it
+    shares with other processes (PSS: summed over processes, the machine's real use), the pages no other process
+    maps (USS: private clean + dirty, what the process costs on top of the others) and its anonymous pages."""
+    rss: float
+    pss: float
+    uss: float
+    anonymous: float
+    swap: float
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 1) for k, v in vars(self).items()}
+
+
+def memory(pid: int) -> Memory | None:
+    """`pid`'s memory (Memory); None if it has exited or its smaps are not readable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = {}
+    for line in text.splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            kb[key] = int(value.split()[0])
+    return Memory(kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024,
+                  (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024, kb.get("Anonymous", 0) / 1024,
+                  kb.get("Swap", 0) / 1024)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (children, theirs...), from /proc/*/stat."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def frontend_pid(launcher_pid: int) -> int | None:
+    """The Java frontend (`org.pytorch.serve.ModelServer`) started by the `torchserve` launcher `launcher_pid`."""
+    for pid in descendants(launcher_pid):
+        try:
+            if b"org.pytorch.serve.ModelServer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
     return None

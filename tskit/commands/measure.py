@@ -1,4 +1,4 @@
-"""Commands that measure: optimize, bench, forward, explain, accuracy."""
+"""Commands that measure: optimize, bench, cost, forward, explain, accuracy."""
 import json
 import sys
 import tempfile
@@ -118,6 +118,32 @@ def bench(args) -> int:
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if any(r["errors"] for r in rows) and args.fail_on_errors else 0
+
+
+@command("cost", "memory per worker and frontend, load and scale time, first-request latency of archives on a real "
+                 "TorchServe",
+         arg("archives", nargs="+", check=existing_archive),
+         arg("--workers", default="1,2,4", help="worker counts to scale through, comma list"),
+         arg("--requests", type=positive(int), default=20, help="requests per worker before memory is read"),
+         arg("--payload", help="request body (default: each archive's first golden input)"),
+         arg("--config", default="config.properties", help="base TorchServe config"),
+         arg("--out", default="cost-results"))
+def cost(args) -> int:
+    """What an archive's workers cost (tskit/cost.py)."""
+    from tskit import cost as costs
+    from tskit.bench import stderr_progress
+
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="tskit-cost-") as tmp:
+        for archive in (Path(a).resolve() for a in args.archives):
+            payload, content_type = ((Path(args.payload).read_bytes(), "application/octet-stream") if args.payload
+                                     else costs.golden_request(archive))
+            reports.append(costs.cost_archive(archive, _ints(args.workers), payload, content_type, args.requests,
+                                              Path(tmp), Path(args.config).resolve(), stderr_progress))
+    paths = costs.write_reports(reports, Path(args.out), {"command": "tskit " + " ".join(sys.argv[1:])})
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 def _overrides(items) -> dict:
