@@ -1,4 +1,4 @@
-"""Commands that measure: optimize, bench, cost, forward, explain, accuracy."""
+"""Commands that measure: optimize, bench, cost, soak, forward, explain, accuracy."""
 import json
 import sys
 import tempfile
@@ -141,6 +141,32 @@ def cost(args) -> int:
             reports.append(costs.cost_archive(archive, _ints(args.workers), payload, content_type, args.requests,
                                               Path(tmp), Path(args.config).resolve(), stderr_progress))
     paths = costs.write_reports(reports, Path(args.out), {"command": "tskit " + " ".join(sys.argv[1:])})
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+@command("soak", "a fixed-length run at a steady rate, good and bad requests mixed, with every worker's memory "
+                 "sampled: growth after the warm-up is a leak",
+         arg("archive", check=existing_archive),
+         arg("--minutes", type=positive(float), default=20, help="length of the run"),
+         arg("--rate", type=positive(float), default=20, help="requests per second, sent whatever the server does"),
+         arg("--bad-share", type=fraction, default=0.2,
+             help="share of bad requests (empty, not UTF-8, cut-off JSON, random bytes) among the archive's golden "
+                  "inputs"),
+         arg("--sample", type=positive(float), default=10, help="seconds between memory readings"),
+         arg("--workers", type=positive(int), help="worker count (default: the archive's)"),
+         arg("--config", default="config.properties", help="base TorchServe config"),
+         arg("--out", default="soak-results"))
+def soak(args) -> int:
+    """Leak hunting (tskit/soak.py)."""
+    from tskit import soak as soaks
+    from tskit.bench import stderr_progress
+
+    with tempfile.TemporaryDirectory(prefix="tskit-soak-") as tmp:
+        report = soaks.soak(Path(args.archive).resolve(), args.minutes * 60, args.rate, args.bad_share, args.sample,
+                            args.workers, Path(tmp), Path(args.config).resolve(), stderr_progress)
+    paths = soaks.write_reports(report, Path(args.out), {"command": "tskit " + " ".join(sys.argv[1:])})
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
