@@ -272,9 +272,21 @@ class OpenVinoModel(CompiledModel):
                              for i in model.inputs]
 
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
+        n = batch[0].shape[0]
+        rows = batch_bucket(n)
+        if rows != n:  # the last row repeated: a valid input whose answer is dropped
+            batch = tuple(torch.cat([t, t[-1:].expand(rows - n, *t.shape[1:])]) for t in batch)
         self.request.infer({i: tensor.detach().to("cpu", dtype).contiguous().numpy()
                             for i, (dtype, tensor) in enumerate(zip(self.input_dtypes, batch))})
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        return torch.from_numpy(self.request.get_output_tensor(0).data[:n].copy())
+
+
+def batch_bucket(n: int) -> int:
+    """The batch size OpenVINO runs `n` rows at: the next power of two. Its CPU plugin keeps memory for every
+    input shape it has run (measured: 6 to 9 MiB per batch size for the default image model, 128 shapes of MiniLM
+    +171 MiB), so a worker that has seen batches of 1 to 8 holds four shapes instead of eight, at the price of
+    computing a few repeated rows for the sizes between."""
+    return 1 << (n - 1).bit_length() if n > 0 else n
 
 
 class AotiModel(CompiledModel):
