@@ -143,6 +143,8 @@ def transformer_spec(spec, work: Path):
     if spec.serialized_file or spec.model_file:
         raise ValueError("--model-dir replaces --serialized-file and --model-file: give one or the other")
     files = prepare_transformer(spec.model_dir, task_of(spec.handler), spec.model_format, work)
+    if spec.explain_weights:
+        copy_explain_weights(Path(spec.explain_weights), spec.model_format, files.folder)
     requirements = files.requirements
     if spec.requirements:
         users = parse_requirements(Path(spec.requirements).read_text(), spec.requirements)
@@ -150,8 +152,28 @@ def transformer_spec(spec, work: Path):
         named = {Requirement(line).name for line in users}
         requirements = work / "requirements-all.txt"
         requirements.write_text("".join(f"{r}\n" for r in users + [r for r in ours if Requirement(r).name not in named]))
-    return dataclasses.replace(spec, serialized_file=str(files.serialized_file), model_dir=None,
+    return dataclasses.replace(spec, serialized_file=str(files.serialized_file), model_dir=None, explain_weights=None,
                                extra_files=[*spec.extra_files, str(files.folder)], requirements=str(requirements))
+
+
+def copy_explain_weights(folder: Path, fmt: str, archive_folder: Path) -> None:
+    """A compiled format's explanation model (handlers/transformer_explain.py): the Hugging Face folder's config
+    and weights in transformer/explain/."""
+    import shutil
+
+    from handlers.transformer_explain import EXPLAIN_FOLDER
+
+    if fmt == "eager":
+        raise ValueError("an eager transformer archive explains with its own Hugging Face folder: drop "
+                         "--explain-weights")
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not (folder / "config.json").is_file() or not weights:
+        raise ValueError(f"--explain-weights {folder}: give the Hugging Face folder (config.json and its weights) "
+                         "the transformer's explanations run on")
+    target = archive_folder / EXPLAIN_FOLDER
+    target.mkdir(parents=True, exist_ok=True)
+    for path in [folder / "config.json", *weights, *folder.glob("*.index.json")]:
+        shutil.copy(path, target / path.name)
 
 
 def task_of(handler: str) -> str:

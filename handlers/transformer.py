@@ -57,6 +57,16 @@ class TransformerHandler(TskitHandler):
         self.tokenizer = TextTokenizer(os.path.join(model_dir, self.description["tokenizer"]),
                                        int(self.description["max_length"]), int(self.description["pad_id"]))
 
+    def explainer(self):
+        """The archive's Hugging Face model in fp32, loaded on the first explanation request (501 where there is
+        none: handlers/transformer_explain.py)."""
+        if self._explainer is None:
+            from handlers.transformer_explain import load_transformer_explainer
+
+            self._explainer = load_transformer_explainer(self.model_paths[0], self.description, self.model_format,
+                                                         self.device)
+        return self._explainer
+
     def decode(self, request: dict):
         text = request_text(request, self.config["max_chars"])
         item = self.tokenizer.encode(text)

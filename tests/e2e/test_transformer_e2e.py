@@ -122,3 +122,9 @@ def test_verify_replays_the_golden_texts_live(server, built):
                                   str(server.workdir)], capture_output=True, text=True, cwd=REPO)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert cli.stdout.count("ok    live http://127.0.0.1:") == 3 and "PASSED" in cli.stdout
+
+
+def test_explanations_of_an_onnx_archive_without_weights_are_a_501_saying_how(server):
+    r = server.client.inference("POST", f"/explanations/{MODEL}", data=TEXTS[0].encode(), timeout=60)
+    assert r.status_code == 501 and "--explain-weights" in r.json()["message"], r.text
+    assert server.client.predict(MODEL, b"still answering").status_code == 200

@@ -22,29 +22,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def hf_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    return {arch: build_folder(arch, root) for arch in ARCHITECTURES}
-
-
-@pytest.fixture(scope="session")
-def transformer_archive(hf_folders, tmp_path_factory):
-    """{(architecture, format): the unpacked archive}, each built once, when a test first asks for it."""
-    built = {}
-
-    def get(arch: str, fmt: str):
-        if (arch, fmt) not in built:
-            work = tmp_path_factory.mktemp(f"{arch}-{fmt}")
-            mar = build_archive(ArchiveSpec(f"{arch}_{fmt}", None, handler="transformer_classifier",
-                                            model_dir=str(hf_folders[arch]), model_format=fmt,
-                                            export_path=str(work / "store"), config={"batchSize": 8}))
-            built[arch, fmt] = unpack_archive(mar, work / "unpacked")
-        return built[arch, fmt]
-
-    return get
-
-
 def answers(handler, texts: list[str]) -> list:
     results = run_batch(handler, [{"body": text.encode()} for text in texts])
     assert all(status == 200 for status, _ in results), results
