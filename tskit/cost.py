@@ -28,14 +28,19 @@ from tskit.server import TorchServeProcess
 from tskit.workers import frontend_pid, memory, worker_pids
 
 
-def golden_request(archive: Path) -> tuple[bytes, str]:
-    """The archive's first golden input and its content type."""
+def golden_requests(archive: Path) -> list[tuple[bytes, str]]:
+    """The archive's golden inputs with their content types."""
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
         cases = json.loads(zf.read(MANIFEST_NAME))["golden"]["cases"] if MANIFEST_NAME in names else []
         if not cases:
             raise ValueError(f"{archive.name} stores no golden input: give a request body with --payload")
-        return zf.read(cases[0]["input"]), cases[0]["content_type"]
+        return [(zf.read(case["input"]), case["content_type"]) for case in cases]
+
+
+def golden_request(archive: Path) -> tuple[bytes, str]:
+    """The archive's first golden input and its content type."""
+    return golden_requests(archive)[0]
 
 
 def timed_request(client, model: str, payload: bytes, content_type: str) -> float:

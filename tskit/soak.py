@@ -2,7 +2,7 @@
 from /proc: memory that keeps growing after the warm-up is a leak.
 
 One TorchServe on free ports serves the archive (its own settings, `--workers` overriding its worker count). An
-open loop sends `rate` requests per second for the whole run, cycling through the archive's golden inputs with
+open loop sends `rate` requests per second for the whole run, cycling through all the archive's golden inputs with
 bad bodies among them (`bad_share`: empty, not UTF-8, cut-off JSON, random bytes: each must get its 4xx and leave
 the worker up). Every `sample_s` seconds each worker's RSS, PSS and private memory (tskit/workers.py) are read.
 The report gives, per worker, its memory at the start (median of the first three samples after the first tenth
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from export.variants import derive_archive
 from handlers.runtime import cpu_info
-from tskit.cost import golden_request
+from tskit.cost import golden_requests
 from tskit.loadgen import open_loop
 from tskit.properties import serve_overrides
 from tskit.server import TorchServeProcess
@@ -87,11 +87,12 @@ def growth(samples: list, duration_s: float) -> dict:
 def soak(archive: Path, duration_s: float, rate: float, bad_share: float, sample_s: float, workers: int | None,
          workdir: Path, server_config: Path, progress=print) -> dict:
     model = archive.stem
-    payload, content_type = golden_request(archive)
+    golden = golden_requests(archive)
+    content_type = golden[0][1]
     frontend = {"minWorkers": workers, "maxWorkers": workers} if workers else {}
     variant = derive_archive(archive, workdir / "store" / archive.name, frontend={**frontend, "responseTimeout": 120})
     overrides = {**serve_overrides({model: frontend}), "job_queue_size": "1000"}
-    bodies = request_mix([payload], bad_share)
+    bodies = request_mix([payload for payload, _ in golden], bad_share)
     with TorchServeProcess(workdir / "ts", server_config, variant.parent, overrides=overrides) as ts:
         url = f"{ts.client.inference_url}/predictions/{model}"
         headers = {**ts.client._headers("inference"), "Content-Type": content_type}
