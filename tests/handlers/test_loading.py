@@ -95,8 +95,8 @@ def test_pickled_module_is_refused(eager_files, tmp_path):
 
 
 def test_openvino_runs_a_batch_at_the_next_power_of_two():
-    """OpenVinoModel pads a batch to batch_bucket(n) rows (its CPU plugin keeps memory per input shape) and answers
-    the n rows asked for; the parity tests run batches of 3, 5 and 7 through it."""
+    """OpenVinoModel pads a batch of fixed-size inputs (images) to batch_bucket(n) rows (its CPU plugin keeps memory
+    per input shape) and answers the n rows asked for; the format tests run odd batches through it."""
     from handlers.loading import batch_bucket
 
     assert [batch_bucket(n) for n in range(1, 10)] == [1, 2, 4, 4, 8, 8, 8, 8, 16]
