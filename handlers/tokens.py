@@ -6,6 +6,7 @@ for its padding.
 The worker needs `tokenizers` alone (no `transformers`): `tskit build` writes `tokenizer.json` from the user's
 folder, so a tokenizer given only as vocab.txt, merges or a SentencePiece model is converted once, at build time.
 """
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -70,8 +71,9 @@ class TextTokenizer:
     def unknown_id(self) -> int | None:
         model = self.tokenizer.model
         token = getattr(model, "unk_token", None)
-        if token is None and getattr(model, "unk_id", None) is not None:  # Unigram names its unknown by id
-            return int(model.unk_id)
+        if token is None and type(model).__name__ == "Unigram":  # SentencePiece: its unknown is named by id, in the
+            unk_id = json.loads(self.tokenizer.to_str())["model"].get("unk_id")  # the JSON alone has it
+            return int(unk_id) if unk_id is not None else None
         return self.tokenizer.token_to_id(token) if token else None
 
     def encode(self, text: str) -> TokenItem:

@@ -79,7 +79,10 @@ def byte_level_bpe():
 
 def sentencepiece_unigram():
     """An XLM-R tokenizer (a SentencePiece Unigram model: `▁` marks a word's start, <s> text </s>) trained on the
-    same lines; saved by `save_pretrained` as XLM-R folders carry it (tokenizer.json)."""
+    same lines; saved by `save_pretrained` as XLM-R folders carry it (tokenizer.json). Built with `tokenizers` alone:
+    without the `sentencepiece` package (not installed here) no `sentencepiece.bpe.model` is written, so the folder
+    carries tokenizer.json alone (xlm-roberta-base carries it beside its .model); the vocabulary is small (77
+    pieces, mostly characters), and characters the lines lack are <unk>."""
     import transformers
     from tokenizers import SentencePieceUnigramTokenizer, processors
 

@@ -1,6 +1,7 @@
-"""transformer_classifier on Hugging Face folders of three families (tests/hf_models.py) in every format, as a worker
+"""transformer_classifier on Hugging Face folders of four families (tests/hf_models.py) in every format, as a worker
 runs it: answers equal to what `transformers` computes for each text alone, whichever texts share the batch;
-texts past the model's maximum cut and answered; bad bodies a JSON 4xx beside answered neighbours."""
+unknown tokens counted as the folder's tokenizer finds them (SentencePiece's too); texts past the model's maximum
+cut and answered; bad bodies a JSON 4xx beside answered neighbours."""
 import logging
 import subprocess
 import sys
@@ -41,6 +42,22 @@ def test_answers_equal_transformers_whoever_shares_the_batch(arch, fmt, hf_folde
             assert abs(p - want[label]) <= 1e-3, (arch, fmt, text[:40], label, p, want[label])
             assert abs(p - single[label]) <= 1e-5, "an answer depends on the texts beside it"
     assert len(together[0]) == min(5, len(LABELS[arch]))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_unknown_tokens_are_counted_as_the_folders_tokenizer_finds_them(arch, hf_folders, transformer_archive):
+    """The drift statistics' unknown count uses the tokenizer's unknown id, a SentencePiece (Unigram) one's too,
+    which `tokenizers` names only in its JSON."""
+    import transformers
+
+    handler = load_handler(TransformerClassifier, transformer_archive(arch, "onnx"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_folders[arch])
+    counted = []
+    for text in TEXTS[:4]:
+        ids = tokenizer(text, truncation=True, max_length=handler.tokenizer.max_length)["input_ids"]
+        counted.append(handler.decode({"body": text.encode()}).unknown)
+        assert counted[-1] == ids.count(tokenizer.unk_token_id), (arch, text, counted[-1])
+    assert arch not in ("bert", "xlmr") or sum(counted) > 0, "texts with characters the vocabulary lacks"
 
 
 def test_a_long_text_is_cut_to_the_models_maximum_and_logged(transformer_archive, caplog):
