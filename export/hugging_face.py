@@ -142,9 +142,14 @@ def transformer_spec(spec, work: Path):
 
     if spec.serialized_file or spec.model_file:
         raise ValueError("--model-dir replaces --serialized-file and --model-file: give one or the other")
+    if spec.explain_model_file:
+        raise ValueError("--explain-model-file is for an eager state_dict; with --model-dir, --explain-weights is the "
+                         "Hugging Face folder itself")
+    explain_files = (explain_weight_files(Path(spec.explain_weights), spec.model_format, Path(spec.model_dir))
+                     if spec.explain_weights else [])  # checked before the export, which takes a while
     files = prepare_transformer(spec.model_dir, task_of(spec.handler), spec.model_format, work)
-    if spec.explain_weights:
-        copy_explain_weights(Path(spec.explain_weights), spec.model_format, files.folder)
+    if explain_files:
+        copy_explain_weights(explain_files, files.folder)
     requirements = files.requirements
     if spec.requirements:
         users = parse_requirements(Path(spec.requirements).read_text(), spec.requirements)
@@ -156,12 +161,11 @@ def transformer_spec(spec, work: Path):
                                extra_files=[*spec.extra_files, str(files.folder)], requirements=str(requirements))
 
 
-def copy_explain_weights(folder: Path, fmt: str, archive_folder: Path) -> None:
-    """A compiled format's explanation model (handlers/transformer_explain.py): the Hugging Face folder's config
-    and weights in transformer/explain/."""
-    import shutil
-
-    from handlers.transformer_explain import EXPLAIN_FOLDER
+def explain_weight_files(folder: Path, fmt: str, model_dir: Path) -> list[Path]:
+    """The files of `--explain-weights` (a Hugging Face folder) that a compiled format's archive ships for
+    explanations (handlers/transformer_explain.py): its config and weights, checked to answer with the labels of
+    the served model."""
+    import json
 
     if fmt == "eager":
         raise ValueError("an eager transformer archive explains with its own Hugging Face folder: drop "
@@ -169,10 +173,23 @@ def copy_explain_weights(folder: Path, fmt: str, archive_folder: Path) -> None:
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
     if not (folder / "config.json").is_file() or not weights:
         raise ValueError(f"--explain-weights {folder}: give the Hugging Face folder (config.json and its weights) "
-                         "the transformer's explanations run on")
+                         "the transformer's explanations run on, usually the --model-dir again")
+    labels = [json.loads((f / "config.json").read_text()).get("id2label") for f in (folder, model_dir)]
+    if labels[0] != labels[1]:
+        raise ValueError(f"--explain-weights {folder} has other labels than --model-dir {model_dir} "
+                         f"({labels[0]} vs {labels[1]}): give the folder of the model the archive serves")
+    return [folder / "config.json", *weights, *sorted(folder.glob("*.index.json"))]
+
+
+def copy_explain_weights(files: list[Path], archive_folder: Path) -> None:
+    """`files` (explain_weight_files) into the archive's transformer/explain/."""
+    import shutil
+
+    from handlers.transformer_explain import EXPLAIN_FOLDER
+
     target = archive_folder / EXPLAIN_FOLDER
     target.mkdir(parents=True, exist_ok=True)
-    for path in [folder / "config.json", *weights, *folder.glob("*.index.json")]:
+    for path in files:
         shutil.copy(path, target / path.name)
 
 

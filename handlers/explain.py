@@ -120,10 +120,12 @@ def explain_valid(targets: list, explain) -> list:
 
 
 def attribute(forward, inputs: torch.Tensor, targets: list, method: str, steps: int, baselines=None,
-              forward_args=None, delta: bool = False):
+              forward_args=None, delta: bool = False, internal_batch_size: int | None = None):
     """Captum attributions of `forward(inputs, *forward_args)[i, targets[i]]` to `inputs`, same shape as
     `inputs` (signed for Integrated Gradients, absolute gradients for saliency). With `delta`, also IG's
-    convergence delta per example (sum of attributions minus f(input) - f(baseline))."""
+    convergence delta per example (sum of attributions minus f(input) - f(baseline)). Integrated Gradients
+    runs all its steps in one pass unless `internal_batch_size` (rows per pass, at least 2 per example)
+    bounds its memory."""
     from captum.attr import IntegratedGradients, Saliency
 
     inputs = inputs.detach().float().contiguous().requires_grad_(True)
@@ -134,7 +136,7 @@ def attribute(forward, inputs: torch.Tensor, targets: list, method: str, steps: 
             return (out.detach(), None) if delta else out.detach()
         out = IntegratedGradients(forward).attribute(
             inputs, baselines=baselines, target=targets, n_steps=steps, additional_forward_args=forward_args,
-            internal_batch_size=inputs.shape[0] * steps, return_convergence_delta=delta)
+            internal_batch_size=internal_batch_size or inputs.shape[0] * steps, return_convergence_delta=delta)
     if delta:
         return out[0].detach(), out[1].detach()
     return out.detach()

@@ -8,18 +8,18 @@ import torch
 from handlers.errors import ConfigError
 from handlers.explain import EXPLAIN_CONFIG, explain_valid, resolve_targets
 from handlers.transformer import TRANSFORMER_CONFIG, TransformerHandler
-from handlers.transformer_explain import explain_texts
+from handlers.transformer_explain import EXPLAIN_BATCH_TOKENS, explain_texts
 
 
 class TransformerClassifier(TransformerHandler):
-    # explain_method (integrated_gradients | saliency) and explain_steps: attributions per word
-    # (handlers/transformer_explain.py)
-    config_defaults = {"topk": 5, **TRANSFORMER_CONFIG, **EXPLAIN_CONFIG}
+    # explain_method (integrated_gradients | saliency) and explain_steps: attributions per word; explain_batch_tokens:
+    # tokens per forward and backward pass of an explanation, what bounds its memory (handlers/transformer_explain.py)
+    config_defaults = {"topk": 5, **TRANSFORMER_CONFIG, **EXPLAIN_CONFIG, "explain_batch_tokens": EXPLAIN_BATCH_TOKENS}
     task = "transformer_classifier"
 
     def setup(self, model_dir: str) -> None:
-        if self.config["topk"] < 1:
-            raise ConfigError("handler config: topk must be >= 1")
+        if self.config["topk"] < 1 or self.config["explain_batch_tokens"] < 1:
+            raise ConfigError("handler config: topk and explain_batch_tokens must be >= 1")
         super().setup(model_dir)
         self.labels = list(self.description["labels"])
         self.multi_label = self.description.get("problem_type") == "multi_label_classification"

@@ -42,8 +42,11 @@ from tskit.commands import SERVER, arg, command
          arg("--reference", help="drift reference inputs: a folder (a request per file), a .jsonl file (a JSON "
                                  "request per line) or one file; stored as tskit-reference.json"),
          arg("--explain-weights", help="eager state_dict shipped for /explanations (loaded only when one is asked "
-                                       "for): what lets an ONNX or AOTInductor archive explain; with --model-dir, "
-                                       "the Hugging Face folder (its weights go in the archive for explanations)"),
+                                       "for): what lets an ONNX or AOTInductor archive explain. With --model-dir "
+                                       "and --format onnx, openvino or torchscript: the Hugging Face folder (give "
+                                       "the --model-dir again), whose config and weights go in the archive's "
+                                       "transformer/explain/ and are loaded with transformers on the first "
+                                       "explanation; without it such an archive answers explanations 501"),
          arg("--explain-model-file", help="model file for --explain-weights (default: --model-file)"),
          arg("--sign-key", help="sign the built archive with this private key (PEM; tskit keygen)"))
 def build(args) -> int:
