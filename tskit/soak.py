@@ -74,7 +74,7 @@ def growth(samples: list, duration_s: float) -> dict:
     """Start and end memory of one worker (module docstring) and the growth between them, for PSS and USS."""
     settled = [m for t, m in samples if t >= duration_s / 10] or [m for _, m in samples]
     head, tail = settled[:3], settled[-3:]
-    out = {"samples": len(samples)}
+    out = {"samples": len(samples), "private_by_tenth": by_tenth(samples, duration_s)}
     for kind in ("pss", "uss", "rss"):
         start = statistics.median(getattr(m, kind) for m in head)
         end = statistics.median(getattr(m, kind) for m in tail)
@@ -82,6 +82,13 @@ def growth(samples: list, duration_s: float) -> dict:
         out[kind] = {"start": round(start, 1), "end": round(end, 1), "growth": round(end - start, 1),
                      "noise": round(spread, 1)}
     return out
+
+
+def by_tenth(samples: list, duration_s: float) -> list[float]:
+    """Private memory (USS, MiB) at each tenth of the run, the median of that tenth's samples: whether memory
+    levels off or keeps climbing."""
+    tenths = [[m.uss for t, m in samples if k * duration_s / 10 <= t < (k + 1) * duration_s / 10] for k in range(10)]
+    return [round(statistics.median(values), 1) for values in tenths if values]
 
 
 def soak(archive: Path, duration_s: float, rate: float, bad_share: float, sample_s: float, workers: int | None,
@@ -123,12 +130,14 @@ def markdown(report: dict) -> str:
              + ", ".join(f"{k}: {v}" for k, v in sorted(report["statuses"].items()))
              + f"; p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms; restarted workers: "
              + (", ".join(report["restarted"]) or "none"), "",
-             "| worker | samples | PSS start | PSS end | growth | noise | private start | private end | growth |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| worker | samples | PSS start | PSS end | growth | noise | private start | private end | growth | "
+             "private at each tenth of the run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for wid, g in report["workers"].items():
         p, u = g["pss"], g["uss"]
         lines.append(f"| {wid} | {g['samples']} | {p['start']} | {p['end']} | {p['growth']:+.1f} | {p['noise']} | "
-                     f"{u['start']} | {u['end']} | {u['growth']:+.1f} |")
+                     f"{u['start']} | {u['end']} | {u['growth']:+.1f} | "
+                     f"{' '.join(f'{v:.0f}' for v in g['private_by_tenth'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,3 +19,4 @@ def test_growth_reads_after_the_warm_up_with_medians_of_three():
     g = growth(samples, duration_s=100)
     assert g["samples"] == 11 and g["pss"]["start"] == 300.2 and g["pss"]["end"] == 300.9
     assert g["pss"]["growth"] == 0.7 and g["pss"]["noise"] == 0.2 and g["uss"]["growth"] == 0.7
+    assert g["private_by_tenth"] == [50, 250.1, 250.2, 250.3, 250.4, 250.5, 250.6, 250.7, 250.8, 250.9]
