@@ -7,7 +7,7 @@ import subprocess
 from export.zoo import DEFAULT_NAME
 from tests.e2e.conftest import REPO, TSKIT
 
-SOAK_S = 40
+SOAK_S = 30
 RATE = 8
 BAD_SHARE = 0.2
 MAX_GROWTH_MB = 25  # PSS per worker, from the first tenth of the run to its end

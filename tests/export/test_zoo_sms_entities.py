@@ -31,7 +31,7 @@ def test_bio_labels_follow_the_tokens_of_each_entity():
 
 @pytest.mark.slow  # a MiniLM fine-tuning step and an ONNX export
 def test_a_fine_tuned_minilm_becomes_a_verified_token_archive(tmp_path):
-    texts = [t for t, _ in load_split()[0] if find_entities(t)][:32]
+    texts = [t for t, _ in load_split()[0] if find_entities(t)][:12]
     folder = fine_tune(tmp_path, texts, epochs=1)
     quality = held_out_f1(folder, texts[:8])
     assert 0.0 <= quality["f1"] <= 1.0 and quality["entities"] >= 8
