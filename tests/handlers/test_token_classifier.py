@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from export.archive import ArchiveSpec, build_archive
 from export.formats import TRANSFORMER_FORMATS
 from export.optimize.guard import Thresholds, entity_guard
 from handlers.entities import TokenLogits
 from handlers.token_classifier import TokenClassifier
+from tests.handlers.conftest import archive_builder
 from tests.hf_models import ENTITY_LABELS, build_token_folder, reference_entities
-from tskit.testing import load_handler, run_batch, run_envelope, unpack_archive
+from tskit.testing import load_handler, run_batch, run_envelope
 
 TEXTS = [
     "Call 07781 482 910 now to WIN £1000 cash, see www.prize-now.com",
@@ -30,19 +30,7 @@ def token_folders(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def token_archive(token_folders, tmp_path_factory):
-    """{(architecture, format): the unpacked archive}, each built once, when a test first asks for it."""
-    built = {}
-
-    def get(arch: str, fmt: str):
-        if (arch, fmt) not in built:
-            work = tmp_path_factory.mktemp(f"tokens-{arch}-{fmt}")
-            mar = build_archive(ArchiveSpec(f"{arch}_{fmt}", None, handler="token_classifier",
-                                            model_dir=str(token_folders[arch]), model_format=fmt,
-                                            export_path=str(work / "store"), config={"batchSize": 8}))
-            built[arch, fmt] = unpack_archive(mar, work / "unpacked")
-        return built[arch, fmt]
-
-    return get
+    return archive_builder(token_folders, "token_classifier", tmp_path_factory)
 
 
 def entities(handler, texts: list[str]) -> list[list[dict]]:
