@@ -59,18 +59,25 @@ def fine_tune_spam(out_dir: str | Path, rows: list[tuple[str, int]] | None = Non
     ys = torch.tensor([y for _, y in rows])
     weight = (len(ys) / (len(LABELS) * torch.bincount(ys, minlength=len(LABELS)).float())).sqrt()
     encoded = [tokenizer(text, truncation=True, max_length=TRAIN_MAX_TOKENS)["input_ids"] for text, _ in rows]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    return fine_tune_in_length_buckets(
+        model, tokenizer, encoded, lambda padded, batch: torch.nn.functional.cross_entropy(
+            model(**padded).logits, ys[batch], weight=weight), epochs, LR, Path(out_dir) / SPAM_NAME)
+
+
+def fine_tune_in_length_buckets(model, tokenizer, encoded: list[list[int]], loss, epochs: int, lr: float,
+                                out: Path) -> Path:
+    """AdamW over seeded mini-batches of similar length (`encoded`: token ids per text), `loss(padded, batch)`
+    each step (`batch`: the texts' indices); the model and tokenizer saved in `out` as a Hugging Face folder."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     rng = random.Random(SEED)
     model.train()
     for _ in range(epochs):
         for batch in length_buckets([len(ids) for ids in encoded], rng, BATCH):
             padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-            logits = model(**padded).logits
-            loss = torch.nn.functional.cross_entropy(logits, ys[batch], weight=weight)
+            step_loss = loss(padded, batch)
             optimizer.zero_grad()
-            loss.backward()
+            step_loss.backward()
             optimizer.step()
-    out = Path(out_dir) / SPAM_NAME
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -16,13 +16,12 @@ import torch
 
 from export.archive import ArchiveSpec, build_archive
 from export.hugging_face import quiet_transformers
-from export.zoo.minilm import ARCHIVE_CONFIG, FORMAT, minilm_folder
-from export.zoo.text import golden_texts, length_buckets, load_split, training_texts
+from export.zoo.minilm import ARCHIVE_CONFIG, FORMAT, fine_tune_in_length_buckets, minilm_folder
+from export.zoo.text import golden_texts, load_split, training_texts
 
 NAME = "sms_entities_minilm"
 SEED = 0
 EPOCHS = 3
-BATCH = 32
 LR = 1e-4
 # one message in eight has an entity: those are repeated and the rest sampled, so the model sees entities often
 # enough to learn them (measured: all messages once, 2 epochs, held-out F1 0.36)
@@ -94,23 +93,15 @@ def fine_tune(out_dir: str | Path, texts: list[str] | None = None, epochs: int =
                             return_special_tokens_mask=True)
         rows.append((encoded["input_ids"], token_labels(encoded["offset_mapping"], encoded["special_tokens_mask"],
                                                          find_entities(text))))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    rng = random.Random(SEED)
-    model.train()
-    for _ in range(epochs):
-        for batch in length_buckets([len(ids) for ids, _ in rows], rng, BATCH):
-            padded = tokenizer.pad({"input_ids": [rows[i][0] for i in batch]}, return_tensors="pt")
-            targets = torch.full(padded["input_ids"].shape, -100, dtype=torch.long)
-            for row, i in enumerate(batch):
-                targets[row, :len(rows[i][1])] = torch.tensor(rows[i][1])
-            loss = model(**padded, labels=targets).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    out = Path(out_dir) / NAME
-    model.eval().save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+
+    def loss(padded, batch: list[int]) -> torch.Tensor:
+        targets = torch.full(padded["input_ids"].shape, -100, dtype=torch.long)  # -100: padding, no loss
+        for row, i in enumerate(batch):
+            targets[row, :len(rows[i][1])] = torch.tensor(rows[i][1])
+        return model(**padded, labels=targets).loss
+
+    return fine_tune_in_length_buckets(model, tokenizer, [ids for ids, _ in rows], loss, epochs, LR,
+                                       Path(out_dir) / NAME)
 
 
 def held_out_f1(folder: Path, texts: list[str]) -> dict:

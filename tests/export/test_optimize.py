@@ -263,25 +263,32 @@ def test_the_search_stops_at_its_deadline_with_no_variant(outlier_mar, calibrati
     assert [s.kept for s in outcome.steps] == [1] and outcome.ranked == outcome.quantizers
 
 
+def optimize_hf_archive(tmp_path, arch: str, name: str, handler: str, fmt: str, *options: str):
+    """The tests/hf_models.py `arch` folder built as a `handler` archive in `fmt`, then `tskit optimize` on 45 held-out
+    SMS messages with `options` into tmp_path/out; (the source archive, the finished optimize process)."""
+    from export.archive import ArchiveSpec, build_archive
+    from export.zoo.text import load_split
+    from tests.hf_models import build_folder
+
+    source = build_archive(ArchiveSpec(name, None, handler=handler, model_dir=str(build_folder(arch, tmp_path)),
+                                       model_format=fmt, export_path=str(tmp_path / "store")))
+    calibration = tmp_path / "texts.txt"
+    calibration.write_text("\n".join(text.replace("\n", " ") for text, _ in load_split()[1][:45]))
+    result = subprocess.run(TSKIT + ["optimize", str(source), "--calibration", str(calibration), "--export-path",
+                                     str(tmp_path / "out"), "--seconds", "0.3", *options], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return source, result
+
+
 @pytest.mark.slow  # an ONNX export, an NNCF quantization and served measurements
 def test_a_transformer_archive_is_optimized_and_a_candidate_that_fails_the_guard_is_refused(tmp_path):
     """sentence_embedder on a Hugging Face BERT folder (ONNX): held to a cosine no int8 model reaches, int8 is
     refused and a floating-point engine chosen from served figures; the archive answers as the reference does."""
-    from export.archive import ArchiveSpec, build_archive
-    from export.zoo.text import load_split
     from handlers.sentence_embedder import SentenceEmbedder
-    from tests.hf_models import build_folder
     from tskit.testing import load_handler
 
-    folder = build_folder("bert", tmp_path)
-    source = build_archive(ArchiveSpec("emb", None, handler="sentence_embedder", model_dir=str(folder),
-                                       model_format="onnx", export_path=str(tmp_path / "store")))
-    calibration = tmp_path / "texts.txt"
-    calibration.write_text("\n".join(text.replace("\n", " ") for text, _ in load_split()[1][:45]))
-    result = subprocess.run(TSKIT + ["optimize", str(source), "--calibration", str(calibration), "--export-path",
-                                     str(tmp_path / "out"), "--seconds", "0.3", "--min-cosine", "0.99999",
-                                     "--only", "openvino-fp32,openvino-int8"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    source, _ = optimize_hf_archive(tmp_path, "bert", "emb", "sentence_embedder", "onnx", "--min-cosine", "0.99999",
+                                    "--only", "openvino-fp32,openvino-int8")
     built = manifest(tmp_path / "out" / "emb.mar")
     rows = {c["name"]: c for c in built["optimization"]["candidates"]}
     assert rows["openvino-int8"]["verdict"].startswith("refused: cosine") and rows["openvino-int8"]["guard"]
@@ -298,21 +305,11 @@ def test_a_transformer_archive_is_optimized_and_a_candidate_that_fails_the_guard
 def test_an_eager_transformer_archive_is_exported_to_onnx_and_answers_the_same(tmp_path):
     """transformer_classifier built --format eager (a multi-label DistilBERT): optimize exports the Hugging Face
     folder to ONNX itself; the ONNX Runtime archive it writes answers as the eager one does."""
-    from export.archive import ArchiveSpec, build_archive
-    from export.zoo.text import load_split
     from handlers.transformer_classifier import TransformerClassifier
-    from tests.hf_models import build_folder
     from tskit.testing import load_handler
 
-    folder = build_folder("distilbert", tmp_path)
-    source = build_archive(ArchiveSpec("dist", None, handler="transformer_classifier", model_dir=str(folder),
-                                       model_format="eager", export_path=str(tmp_path / "store")))
-    calibration = tmp_path / "texts.txt"
-    calibration.write_text("\n".join(text.replace("\n", " ") for text, _ in load_split()[1][:45]))
-    result = subprocess.run(TSKIT + ["optimize", str(source), "--calibration", str(calibration), "--export-path",
-                                     str(tmp_path / "out"), "--seconds", "0.3", "--only", "onnxruntime-fp32"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    source, result = optimize_hf_archive(tmp_path, "distilbert", "dist", "transformer_classifier", "eager",
+                                         "--only", "onnxruntime-fp32")
     assert "exported the eager model to ONNX" in result.stdout
     built = manifest(tmp_path / "out" / "dist.mar")
     assert built["optimization"]["chosen"] == "onnxruntime-fp32" and built["model"]["format"] == "onnx"
