@@ -26,17 +26,6 @@ def worker_pids(client: TorchServeClient, model: str) -> dict[str, int]:
             if w.get("status") == "READY" and w.get("pid") and is_model_worker(int(w["pid"]))}
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of `pid` in MiB (VmRSS in /proc/PID/status); None if it has exited."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 @dataclass
 class Memory:
     """A process's memory in MiB, from /proc/PID/smaps_rollup: resident (RSS), its proportional share of pages it
